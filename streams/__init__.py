@@ -1,0 +1,1 @@
+"""shelfstream streams: product events, the Faust app and its agents, the store and the cache."""

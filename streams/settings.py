@@ -1,0 +1,129 @@
+"""One settings object for every knob, read from ``SHELFSTREAM_*`` environment variables.
+
+Where a service address is not set, the addresses that ``shelfstream up`` recorded in the
+state directory are used, so the embedded services need no configuration at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "SHELFSTREAM_"
+
+
+def _knob(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # services
+    kafka_bootstrap: str = _knob("", "Kafka bootstrap servers (host:port,...); default: the embedded broker")
+    redis_url: str = _knob("", "Redis URL; default: the embedded redis-server")
+    qdrant_url: str = _knob("", "Qdrant server URL; empty = Qdrant local mode at qdrant_path")
+    qdrant_api_key: str = _knob("", "Qdrant API key (server mode)")
+    qdrant_path: str = _knob("", "Qdrant local-mode directory; default: STATE_DIR/qdrant")
+    collection: str = _knob("products", "Qdrant collection name")
+    state_dir: str = _knob(".shelfstream", "where `shelfstream up` keeps pids, ports, logs and data")
+    # topics and the Faust app
+    app_id: str = _knob("shelfstream", "Faust app id (consumer group)")
+    events_topic: str = _knob("shelfstream.product-events", "topic of product events")
+    dead_letter_topic: str = _knob("shelfstream.dead-letter", "topic of rejected events with their reason")
+    partitions: int = _knob(4, "partitions of the events topic (the unit of scale-out)")
+    web_host: str = _knob("127.0.0.1", "host of the worker's query API")
+    web_port: int = _knob(6066, "port of the worker's query API")
+    # batching
+    batch_size: int = _knob(32, "events per batch: each encoder runs once per batch")
+    batch_window_s: float = _knob(0.5, "longest wait to fill a batch, seconds")
+    # models
+    model_dir: str = _knob("models", "folder of the exported ONNX models and manifests")
+    providers: str = _knob("auto", "onnxruntime providers: auto (CUDA when present, else CPU), cpu or cuda")
+    text_weight: float = _knob(0.5, "weight of the text block in the concatenation fusion (image gets 1 - w)")
+    # media: untrusted seller URIs
+    media_root: str = _knob(".", "local paths and file:// URIs must resolve inside this folder")
+    allow_private_networks: bool = _knob(False, "allow http(s) media on private, loopback or link-local addresses")
+    fetch_timeout_s: float = _knob(5.0, "time limit of one media download, seconds")
+    max_image_bytes: int = _knob(10_000_000, "largest image file accepted, bytes")
+    max_image_pixels: int = _knob(40_000_000, "largest image accepted, width x height")
+    max_images: int = _knob(4, "images per product that are encoded (their vectors are averaged)")
+    max_video_bytes: int = _knob(50_000_000, "largest video file accepted, bytes")
+    max_video_seconds: float = _knob(30.0, "longest stretch of video decoded, seconds of media time")
+    max_video_frames: int = _knob(12, "frames kept per video")
+    video_max_side: int = _knob(320, "frames are downscaled so that their longer side is at most this")
+    video_decode_timeout_s: float = _knob(10.0, "wall-clock limit of decoding one video, seconds")
+    video_pooling: str = _knob("mean", "temporal pooling of frame vectors: mean or distinct")
+    # cache
+    cache_ttl_s: int = _knob(30 * 24 * 3600, "lifetime of a cached modality vector, seconds (0 = forever)")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read every knob from ``SHELFSTREAM_<NAME>``; fall back to the embedded services' state."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(raw, f.type, f.name)
+        values.update(overrides)
+        settings = cls(**values)
+        return settings._with_embedded_defaults()
+
+    def _with_embedded_defaults(self) -> "Settings":
+        state = read_service_state(self.state_path)
+        updates: dict[str, Any] = {}
+        if not self.kafka_bootstrap:
+            updates["kafka_bootstrap"] = state.get("kafka_bootstrap", "127.0.0.1:9092")
+        if not self.redis_url:
+            updates["redis_url"] = state.get("redis_url", "redis://127.0.0.1:6379/0")
+        if not self.qdrant_path:
+            updates["qdrant_path"] = str(self.state_path / "qdrant")
+        return dataclasses.replace(self, **updates) if updates else self
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser().resolve()
+
+    @property
+    def worker_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for every knob: the README table and `--help` use it."""
+        return [
+            (ENV_PREFIX + f.name.upper(), repr(f.default), f.metadata.get("doc", ""))
+            for f in dataclasses.fields(cls)
+        ]
+
+
+def read_service_state(state_dir: Path) -> dict[str, Any]:
+    """The addresses recorded by ``shelfstream up`` (empty when it has not run)."""
+    path = state_dir / "services.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _parse(raw: str, type_name: Any, name: str) -> Any:
+    type_name = getattr(type_name, "__name__", type_name)
+    try:
+        if type_name == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type_name}") from exc
