@@ -1,0 +1,77 @@
+"""Image encoder: PIL images or video frames -> 1280-d unit vectors (and ImageNet logits) via MobileNetV2.
+
+Preprocessing is torchvision's ImageNet eval transform, with the parameters read from the
+model's manifest so that the runtime can never drift from what the export recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from encoders_onnx.session import OnnxModel, Providers, batched, l2_normalize
+
+IMAGE_MODEL = "image"
+_INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class ImageEncoder:
+    """``encode(images) -> (n, 1280)`` float32 unit vectors; ``classify(images) -> (n, 1000)`` logits."""
+
+    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto") -> None:
+        self.model = OnnxModel(model_dir, IMAGE_MODEL, providers)
+        settings = self.model.manifest["extra"]["preprocessing"]
+        self._resize_shorter: int = settings["resize_shorter"]
+        self._interpolation = _INTERPOLATION[settings["interpolation"]]
+        self._crop: int = settings["center_crop"]
+        self._scale: float = settings["scale"]
+        self._mean = np.array(settings["mean"], np.float32).reshape(3, 1, 1)
+        self._std = np.array(settings["std"], np.float32).reshape(3, 1, 1)
+        self.dim: int = self.model.output_dim("features")
+        self.num_classes: int = self.model.output_dim("logits")
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """torchvision Resize(256) + CenterCrop(224) + ToTensor + Normalize -> (3, 224, 224) float32."""
+        image = image.convert("RGB")
+        width, height = image.size
+        short, long = sorted((width, height))
+        if short != self._resize_shorter:  # torchvision leaves an image already at size untouched
+            new_long = int(self._resize_shorter * long / short)
+            size = (self._resize_shorter, new_long) if width <= height else (new_long, self._resize_shorter)
+            image = image.resize(size, self._interpolation)
+            width, height = image.size
+        top = int(round((height - self._crop) / 2.0))
+        left = int(round((width - self._crop) / 2.0))
+        image = image.crop((left, top, left + self._crop, top + self._crop))
+        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) * self._scale
+        return (pixels - self._mean) / self._std
+
+    def _forward(self, images: Sequence[Image.Image], batch_size: int, output: str) -> np.ndarray:
+        """One output of the graph for all ``images``, preprocessed and run ``batch_size`` at a time."""
+        chunks = [
+            self.model.run({"pixel_values": np.stack([self.preprocess(im) for im in batch])}, [output])[output]
+            for batch in batched(images, batch_size)
+        ]
+        width = self.dim if output == "features" else self.num_classes
+        return np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
+
+    def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """L2-normalized pooled MobileNetV2 features, (n, 1280) float32."""
+        return l2_normalize(self._forward(images, batch_size, "features"))
+
+    def encode_frames(self, frames: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Video frames as uint8 RGB ``(n, h, w, 3)`` -> (n, 1280) unit vectors (same path as images)."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (n, h, w, 3), got {frames.dtype} {frames.shape}")
+        return self.encode([Image.fromarray(frame) for frame in frames], batch_size)
+
+    def classify(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """ImageNet-1k logits (n, 1000) in torchvision's class order, for the zero-shot baseline."""
+        return self._forward(images, batch_size, "logits")

