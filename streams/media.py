@@ -1,0 +1,470 @@
+"""Bounded, safe loading of seller media.
+
+Media URIs come from untrusted sellers, so every path here assumes the URI is hostile:
+
+* local paths and ``file://`` URIs must stay inside ``media_root`` (symlinks included) and name
+  a regular file; the open itself refuses symlinks, so a swap after the check cannot escape;
+* ``http(s)://`` hosts are resolved once, every address is vetted (no private, loopback,
+  link-local, multicast or reserved targets unless allowed), and the connection goes to the
+  vetted address, so DNS rebinding cannot redirect it; redirects are re-vetted hop by hop;
+* every download is capped in bytes and in wall-clock time, headers included;
+* images are refused on their header dimensions before any pixel is decoded.
+
+Every failure is a :class:`MediaError` with a short machine-readable ``code``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import ipaddress
+import os
+import socket
+import ssl
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
+
+from PIL import Image, UnidentifiedImageError
+
+MAX_REDIRECTS = 3
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Decoders exposed to seller bytes: the common web formats only. This keeps out e.g. EPS (which
+# runs Ghostscript) and the long tail of rarely used, less hardened Pillow plugins.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+_CHUNK = 64 * 1024
+_USER_AGENT = "shelfstream-media/1"
+# NAT64 well-known prefix: the gateway turns these into the embedded IPv4 address.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+T = TypeVar("T")
+
+
+class MediaError(Exception):
+    """A refused or failed media load; ``code`` is machine-readable, the message is for humans.
+
+    Codes: ``bad_scheme`` (not file/http/https, redirects included), ``bad_url`` (unparsable,
+    userinfo, bad host, port or path), ``not_found``, ``outside_media_root``, ``not_a_file``
+    (directory, device, fifo, socket), ``unreadable`` (other local I/O errors, a symlink swapped
+    in while opening included), ``dns_error``, ``blocked_address`` (a non-public address),
+    ``connection_error``, ``tls_error``, ``http_error`` (non-2xx status), ``too_many_redirects``,
+    ``too_large``, ``truncated`` (body or image file cut short), ``timeout`` (the overall
+    deadline), ``not_an_image`` (empty, unknown or not allowed format), ``too_many_pixels``,
+    ``corrupt_image`` (an allowed format that does not decode).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Where local media may live, whether private networks are reachable, and the caps."""
+
+    media_root: Path
+    allow_private_networks: bool
+    timeout_s: float
+    max_bytes: int
+
+    @classmethod
+    def for_images(cls, settings: Any) -> "MediaLimits":
+        return cls._from(settings, settings.max_image_bytes)
+
+    @classmethod
+    def for_videos(cls, settings: Any) -> "MediaLimits":
+        return cls._from(settings, settings.max_video_bytes)
+
+    @classmethod
+    def _from(cls, settings: Any, max_bytes: int) -> "MediaLimits":
+        return cls(
+            media_root=Path(settings.media_root).expanduser().resolve(),
+            allow_private_networks=bool(settings.allow_private_networks),
+            timeout_s=float(settings.fetch_timeout_s),
+            max_bytes=int(max_bytes),
+        )
+
+
+def content_hash(data: bytes) -> str:
+    """The sha256 hex digest of ``data``: the one cache key of a piece of media."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def fetch_bytes(uri: str, limits: MediaLimits) -> bytes:
+    """The bytes behind ``uri`` (local path, ``file://``, ``http://`` or ``https://``), bounded."""
+    try:
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower()
+    except ValueError as exc:
+        raise MediaError("bad_url", f"cannot parse {uri!r}: {exc}") from exc
+    if not scheme:
+        return _read_local(uri, limits)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise MediaError("bad_url", f"file URI with a remote host: {uri!r}")
+        return _read_local(unquote(parts.path), limits)
+    if scheme in ("http", "https"):
+        return _fetch_http(uri, limits, _Deadline(limits.timeout_s))
+    raise MediaError("bad_scheme", f"scheme {scheme!r} is not file, http or https")
+
+
+# --- local files ---------------------------------------------------------------------------
+
+
+def _read_local(path: str, limits: MediaLimits) -> bytes:
+    """Read a regular file inside media_root, refusing escapes before revealing existence."""
+    root = os.path.realpath(limits.media_root)
+    try:
+        resolved = os.path.realpath(os.path.join(root, path))
+    except ValueError as exc:  # e.g. an embedded NUL
+        raise MediaError("bad_url", f"bad path {path!r}: {exc}") from exc
+    if os.path.commonpath([root, resolved]) != root:
+        raise MediaError("outside_media_root", f"{path!r} resolves outside the media root")
+    relative = os.path.relpath(resolved, root)
+    if relative == os.curdir:
+        raise MediaError("not_a_file", f"{path!r} is the media root itself")
+    try:
+        fd = _open_beneath(root, relative.split(os.sep))
+    except FileNotFoundError as exc:
+        raise MediaError("not_found", f"no such file: {path!r}") from exc
+    except NotADirectoryError as exc:
+        raise MediaError("not_found", f"no such file: {path!r}") from exc
+    except OSError as exc:
+        raise MediaError("unreadable", f"cannot open {path!r}: {exc.strerror}") from exc
+    with open(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise MediaError("not_a_file", f"{path!r} is not a regular file")
+        if info.st_size > limits.max_bytes:
+            raise MediaError("too_large", f"{path!r} has {info.st_size} bytes > {limits.max_bytes}")
+        try:
+            data = file.read(limits.max_bytes + 1)  # the file may grow after fstat
+        except OSError as exc:
+            raise MediaError("unreadable", f"cannot read {path!r}: {exc.strerror}") from exc
+    if len(data) > limits.max_bytes:
+        raise MediaError("too_large", f"{path!r} has more than {limits.max_bytes} bytes")
+    return data
+
+
+def _open_beneath(root: str, names: list[str]) -> int:
+    """Open root/names... one component at a time, never following a symlink.
+
+    realpath() already resolved every symlink, so a symlink met here was swapped in after the
+    containment check: O_NOFOLLOW makes that fail (ELOOP) instead of escaping the root. Non-regular
+    files are refused before opening, and O_NONBLOCK keeps a fifo swapped in from blocking.
+    """
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    dir_fd = os.open(root, dir_flags)
+    try:
+        for name in names[:-1]:
+            next_fd = os.open(name, dir_flags | os.O_NOFOLLOW, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        mode = os.stat(names[-1], dir_fd=dir_fd, follow_symlinks=False).st_mode
+        if not stat.S_ISREG(mode):
+            raise MediaError("not_a_file", f"{os.path.join(*names)!r} is not a regular file")
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        return os.open(names[-1], flags, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# --- http(s) -------------------------------------------------------------------------------
+
+
+class _Deadline:
+    """One wall-clock budget shared by DNS, connects, TLS, headers and body of every hop."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.error()
+        return left
+
+    def error(self) -> MediaError:
+        return MediaError("timeout", f"download took longer than {self.seconds:g} s")
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is a globally routable unicast address, looking through v6 wrappings.
+
+    IPv4-mapped, 6to4 and NAT64 addresses reach the embedded IPv4 address, so that one is judged.
+    ``is_global`` alone is not enough: it is True for multicast and for some reserved ranges.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public_address(embedded)
+        if ip.is_site_local:
+            return False
+    return ip.is_global and not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def _fetch_http(uri: str, limits: MediaLimits, deadline: _Deadline) -> bytes:
+    """GET ``uri``, following at most MAX_REDIRECTS redirects, each one vetted like the first."""
+    for _ in range(MAX_REDIRECTS + 1):
+        target = _parse_http_url(uri)
+        location = _get_once(target, limits, deadline)
+        if isinstance(location, bytes):
+            return location
+        uri = urljoin(uri, location)
+    raise MediaError("too_many_redirects", f"more than {MAX_REDIRECTS} redirects")
+
+
+@dataclass(frozen=True)
+class _Target:
+    scheme: str
+    host: str  # ASCII (IDNA) host name or IP literal, without brackets
+    port: int
+    path: str  # path and query, as sent on the request line
+
+
+def _parse_http_url(uri: str) -> _Target:
+    try:
+        parts: SplitResult = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:
+        raise MediaError("bad_url", f"cannot parse {uri!r}: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise MediaError("bad_scheme", f"scheme {scheme!r} is not http or https")
+    if parts.username is not None or parts.password is not None:
+        raise MediaError("bad_url", "credentials in the URL are not allowed")
+    if not parts.hostname:
+        raise MediaError("bad_url", f"no host in {uri!r}")
+    try:
+        host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise MediaError("bad_url", f"bad host name {parts.hostname!r}") from exc
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in path):
+        raise MediaError("bad_url", "control characters or spaces in the URL path")
+    return _Target(scheme, host, port or (443 if scheme == "https" else 80), path)
+
+
+def _resolve(target: _Target, limits: MediaLimits, deadline: _Deadline) -> list[tuple]:
+    """Resolve the host once and vet every address: one bad answer refuses the host."""
+    try:
+        infos = _call_with_deadline(
+            lambda: socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM),
+            deadline,
+        )
+    except socket.gaierror as exc:
+        raise MediaError("dns_error", f"cannot resolve {target.host!r}: {exc.strerror}") from exc
+    if not infos:
+        raise MediaError("dns_error", f"no address for {target.host!r}")
+    if not limits.allow_private_networks:
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0])
+            if not is_public_address(ip):
+                raise MediaError(
+                    "blocked_address", f"{target.host!r} resolves to non-public address {ip}"
+                )
+    return infos
+
+
+def _call_with_deadline(func: Callable[[], T], deadline: _Deadline) -> T:
+    """Run a blocking call that has no timeout of its own (getaddrinfo) under the deadline.
+
+    The worker thread is a daemon: if the call hangs past the deadline it is abandoned, and it
+    ends by itself when the resolver gives up.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = func()
+        except BaseException as exc:  # handed over to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="media-resolve", daemon=True)
+    worker.start()
+    worker.join(deadline.remaining())
+    if worker.is_alive():
+        raise deadline.error()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _connect(target: _Target, infos: list[tuple], deadline: _Deadline) -> socket.socket:
+    """A TCP connection to the first reachable vetted address (never a fresh DNS lookup)."""
+    last_error: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        timeout = deadline.remaining()
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+    if isinstance(last_error, TimeoutError):
+        raise deadline.error()
+    raise MediaError("connection_error", f"cannot connect to {target.host!r}: {last_error}")
+
+
+class _Watchdog:
+    """Shuts the connection down at the deadline, so a peer trickling bytes cannot outlast it.
+
+    Socket timeouts bound one recv() only; a server sending a byte a second would never trip
+    them. Shutting down a dup of the socket wakes any blocked read (TLS included) with EOF.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock = sock.dup()
+        self.fired = threading.Event()
+        self._timer = threading.Timer(max(0.0, deadline.at - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by the peer
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self._sock.close()
+
+
+def _get_once(target: _Target, limits: MediaLimits, deadline: _Deadline) -> bytes | str:
+    """One GET: the body, or the Location of a redirect."""
+    infos = _resolve(target, limits, deadline)
+    sock = _connect(target, infos, deadline)
+    watchdog = _Watchdog(sock, deadline)
+    conn = _connection(target)
+    try:
+        if target.scheme == "https":
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
+        conn.sock = sock  # http.client uses this socket instead of connecting (and resolving)
+        conn.request(
+            "GET",
+            target.path,
+            headers={"User-Agent": _USER_AGENT, "Accept": "*/*", "Connection": "close"},
+        )
+        response = conn.getresponse()
+        return _handle_response(response, target, limits, watchdog, deadline)
+    except MediaError:
+        raise
+    except Exception as exc:
+        if watchdog.fired.is_set() or isinstance(exc, TimeoutError):
+            raise deadline.error() from exc
+        if isinstance(exc, ssl.SSLError):
+            raise MediaError("tls_error", f"TLS with {target.host!r} failed: {exc}") from exc
+        if isinstance(exc, (OSError, http.client.HTTPException)):
+            raise MediaError("connection_error", f"{target.host!r}: {exc!r}") from exc
+        raise
+    finally:
+        watchdog.close()
+        conn.close()
+        sock.close()
+
+
+def _connection(target: _Target) -> http.client.HTTPConnection:
+    """A connection object used only to format requests and parse responses (Host header)."""
+    if target.scheme == "https":
+        return http.client.HTTPSConnection(target.host, target.port)
+    return http.client.HTTPConnection(target.host, target.port)
+
+
+def _handle_response(
+    response: http.client.HTTPResponse,
+    target: _Target,
+    limits: MediaLimits,
+    watchdog: _Watchdog,
+    deadline: _Deadline,
+) -> bytes | str:
+    if response.status in REDIRECT_STATUSES:
+        location = response.getheader("Location")
+        if not location:
+            raise MediaError("http_error", f"HTTP {response.status} without a Location")
+        return location
+    if not 200 <= response.status < 300:
+        raise MediaError("http_error", f"HTTP {response.status} {response.reason} from {target.host!r}")
+    declared = response.length  # None when chunked or delimited by close
+    if declared is not None and declared > limits.max_bytes:
+        raise MediaError("too_large", f"Content-Length {declared} > {limits.max_bytes}")
+    body = bytearray()
+    while chunk := response.read1(_CHUNK):  # one recv per call, so the deadline is checked often
+        body += chunk
+        if len(body) > limits.max_bytes:
+            raise MediaError("too_large", f"body longer than {limits.max_bytes} bytes")
+        deadline.remaining()
+    if watchdog.fired.is_set():  # the EOF that ended the loop was the watchdog's
+        raise deadline.error()
+    if declared is not None and len(body) != declared:
+        raise MediaError("truncated", f"body has {len(body)} of {declared} declared bytes")
+    return bytes(body)
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+def load_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode an untrusted image to RGB, refusing bombs on the header before decoding pixels.
+
+    Pillow's own bomb check (``Image.MAX_IMAGE_PIXELS``) is process-global and too lax for us, so
+    it is left alone and the size is checked here against ``max_pixels``; its error and warning
+    (raised as an error under ``-W error``) are still mapped to ``too_many_pixels``.
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False so a cut-off file raises ``truncated``.
+    """
+    if not data:
+        raise MediaError("not_an_image", "empty file")
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MediaError("too_many_pixels", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise MediaError("not_an_image", f"not a {'/'.join(IMAGE_FORMATS)} image") from exc
+    except Exception as exc:  # any plugin failure on hostile bytes
+        raise MediaError(_decode_error_code(exc), f"unreadable image header: {exc}") from exc
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise MediaError(
+                "too_many_pixels", f"{width}x{height} {image.format} > {max_pixels} pixels"
+            )
+        try:
+            image.load()  # first frame only, for animated formats
+            return image.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise MediaError("too_many_pixels", str(exc)) from exc
+        except Exception as exc:  # decoder errors on hostile bytes
+            code = _decode_error_code(exc)
+            raise MediaError(code, f"{image.format} {width}x{height}: {exc}") from exc
+
+
+def _decode_error_code(exc: Exception) -> str:
+    """Pillow reports a cut-off file as OSError('image file is truncated ...' or 'Truncated File
+    Read') or EOFError; anything else is corrupt data."""
+    if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
+        return "truncated"
+    return "corrupt_image"
