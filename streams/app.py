@@ -1,0 +1,189 @@
+"""The Faust app: the events topic, the dead-letter topic, the indexing agent and the query API.
+
+The agent takes events in batches (``take_events``), so that each encoder runs once per batch,
+and runs the batch in a thread so the event loop keeps heart-beating and answering queries.
+Faust acks a batch's events when the loop comes back for the next one, that is only after the
+batch reached Qdrant: the committed offset never passes an event that was not written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Sequence
+
+import faust
+from faust.web import Request, Response, View
+
+from streams.kafka import ensure_topics
+from streams.pipeline import BatchOutcome, DeadLetter, IncomingMessage, Pipeline, Stats
+from streams.search import QueryError, Searcher
+from streams.media import MediaError
+from streams.settings import Settings
+from streams.store import ProductStore
+
+log = logging.getLogger("shelfstream.worker")
+
+REASON_HEADER = "shelfstream-reason"
+# Errors of the services themselves: the batch is retried (with backoff) until they come back,
+# because committing past unwritten events would lose them.
+RETRY_FOREVER: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
+
+
+class WorkerState:
+    """What one worker process holds: the pipeline (models, cache, store) and its counters."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        self.started_at = time.time()
+        self._pipeline: Pipeline | None = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = Pipeline.from_settings(self.settings)
+        return self._pipeline
+
+    @property
+    def searcher(self) -> Searcher:
+        return Searcher(self.pipeline.store, self.pipeline.models, self.settings.max_image_pixels)
+
+    def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+        """Process a batch; a batch that fails for a reason other than the services is split,
+        and an event that fails on its own becomes a dead letter, so nothing blocks the partition."""
+        try:
+            return self.pipeline.process(messages)
+        except RETRY_FOREVER:
+            raise
+        except Exception as exc:  # a bug or an input no check foresaw
+            if len(messages) == 1:
+                log.exception("event failed, dead-lettered")
+                outcome = BatchOutcome()
+                outcome.dead_letters.append(DeadLetter(messages[0], f"processing failed: {exc!r}"))
+                outcome.counts["dead_lettered"] += 1
+                return outcome
+            log.warning("batch of %d failed (%r); retrying one event at a time", len(messages), exc)
+            merged = BatchOutcome()
+            for message in messages:
+                single = self.process([message])
+                merged.indexed += single.indexed
+                merged.deleted += single.deleted
+                merged.dead_letters += single.dead_letters
+                merged.counts.update(single.counts)
+                merged.freshness_ms += single.freshness_ms
+            return merged
+
+    def status(self) -> dict[str, Any]:
+        store: ProductStore = self.pipeline.store
+        return {
+            **self.stats.snapshot(),
+            "points": store.count(),
+            "collection": store.collection,
+            "model_version": self.pipeline.models.versions,
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        topic_partitions=settings.partitions,
+        # Join and rejoin in seconds instead of minutes (see ENVIRONMENT.md); fine on real Kafka too.
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        broker_rebalance_timeout=20,
+        producer_acks=-1,
+        datadir=str(settings.state_path / "faust" / settings.app_id),
+    )
+    worker = WorkerState(settings)
+    app.shelfstream_worker = worker  # type: ignore[attr-defined]
+    events = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw", partitions=1)
+
+    @app.agent(events)
+    async def index_products(stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: worker.pipeline)  # load models before the first batch
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            messages = [
+                IncomingMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
+                for e in batch
+            ]
+            outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages))
+            for letter in outcome.dead_letters:
+                await _send_dead_letter(dead_letters, letter)
+            worker.stats.add(outcome)
+            log.info("batch of %d: %s", len(messages), dict(outcome.counts))
+
+    _add_query_api(app, worker)
+    return app
+
+
+async def _with_retry(attempt: Any, max_delay_s: float = 30.0) -> BatchOutcome:
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except RETRY_FOREVER as exc:
+            log.warning("services unavailable (%r); retrying the batch in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+
+
+async def _send_dead_letter(topic: faust.TopicT, letter: DeadLetter) -> None:
+    """The original bytes, unchanged, with the reason and the source position in headers."""
+    message = letter.message
+    headers = {
+        REASON_HEADER: letter.reason.encode(),
+        "shelfstream-source": f"{message.topic}/{message.partition}/{message.offset}".encode(),
+    }
+    delivery = await topic.send(key=message.key, value=message.value or b"", headers=headers)
+    await delivery  # delivered before the batch's offsets are committed
+
+
+def _add_query_api(app: faust.App, worker: WorkerState) -> None:
+    """HTTP views on the worker, so queries work while it holds Qdrant local mode."""
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"ok": True})
+
+    @app.page("/stats")
+    class StatsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(await asyncio.get_running_loop().run_in_executor(None, worker.status))
+
+    @app.page("/products/{product_id}")
+    class Product(View):
+        async def get(self, request: Request, product_id: str) -> Response:
+            with_vectors = request.query.get("vectors") in {"1", "true"}
+            record = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: worker.pipeline.store.get(product_id, with_vectors=with_vectors)
+            )
+            if record is None:
+                return self.json({"error": f"product {product_id!r} is not indexed"}, status=404)
+            return self.json({"product_id": product_id, "payload": record.payload, "vectors": record.vector or {}})
+
+    @app.page("/query")
+    class Query(View):
+        async def post(self, request: Request) -> Response:
+            body = await request.json()
+            try:
+                rows = await asyncio.get_running_loop().run_in_executor(None, worker.searcher.answer, body)
+            except (QueryError, MediaError, KeyError, ValueError) as exc:
+                return self.json({"error": str(exc)}, status=400)
+            return self.json(rows)
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """``shelfstream worker``: create the topics, then hand the process to Faust."""
+    ensure_topics(settings)
+    app = create_app(settings)
+    faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -1,0 +1,313 @@
+"""One batch of product events, end to end: validate, order, load media, encode what the cache
+lacks, fuse, and write to Qdrant. The Faust agent calls ``Pipeline.process`` once per batch; the
+benchmark and the tests call it directly too.
+
+Correctness rules kept here, in one place:
+- the highest ``version`` per product wins; an older event is skipped and counted, a repeat of
+  the stored version changes nothing (replays and backfills are harmless);
+- a delete leaves a tombstone so an older upsert replayed later cannot bring the product back;
+- a modality whose content is unchanged is read from the cache, never re-encoded;
+- bad input never stops the batch: it becomes a dead letter with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, TypeVar
+
+import numpy as np
+from qdrant_client import models
+
+from encoders_onnx.fusion import ModalityBatch, l2_normalize
+from streams.cache import FeatureCache, feature_key
+from streams.events import EventError, ProductEvent, parse_event
+from streams.media import MediaError, MediaLimits, content_hash, fetch_bytes, load_image
+from streams.models import Models, load_models
+from streams.settings import Settings
+from streams.store import ProductStore, category_prefixes, point_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A raw Kafka record: the value stays as bytes so a dead letter carries the original."""
+
+    value: bytes | None
+    key: bytes | None = None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message: IncomingMessage
+    reason: str
+
+
+@dataclass
+class BatchOutcome:
+    indexed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    freshness_ms: list[float] = field(default_factory=list)
+
+
+class Stats:
+    """Running counters and recent freshness samples, served by the worker's ``/stats``."""
+
+    def __init__(self, window: int = 10_000) -> None:
+        self.counts: Counter = Counter()
+        self.freshness_ms: deque[float] = deque(maxlen=window)
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.counts.update(outcome.counts)
+        self.freshness_ms.extend(outcome.freshness_ms)
+
+    def snapshot(self) -> dict:
+        samples = np.asarray(self.freshness_ms, dtype=np.float64)
+        freshness = (
+            {"freshness_p50_ms": float(np.percentile(samples, 50)), "freshness_p99_ms": float(np.percentile(samples, 99))}
+            if samples.size else {"freshness_p50_ms": None, "freshness_p99_ms": None}
+        )
+        return {"counts": dict(self.counts), **freshness}
+
+
+@dataclass
+class _Product:
+    """An upsert on its way through the batch, with what each modality produced or why it failed."""
+
+    event: ProductEvent
+    message: IncomingMessage
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, models: Models, cache: FeatureCache, store: ProductStore) -> None:
+        self.settings = settings
+        self.models = models
+        self.text_encoder = models.text
+        self.image_encoder = models.image
+        self.fusion = models.fusion
+        self.cache = cache
+        self.store = store
+        self.image_limits = MediaLimits.for_images(settings)
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Pipeline":
+        """Load the models and connect to Redis and Qdrant as the settings say."""
+        models = load_models(settings)
+        cache = FeatureCache(settings.redis_url, settings.cache_ttl_s)
+        return cls(settings, models, cache, ProductStore(settings, models.fusion.dims))
+
+    def close(self) -> None:
+        self._io.shutdown(wait=False)
+        self.store.close()
+        self.cache.close()
+
+    # -- the batch -----------------------------------------------------------------------------
+
+    def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+        outcome = BatchOutcome()
+        latest = self._latest_per_product(messages, outcome)
+        current = self._current_versions(list(latest))
+        upserts: list[_Product] = []
+        deletes: dict[str, ProductEvent] = {}
+        for product_id, (event, message) in latest.items():
+            known = current.get(product_id)
+            if known is not None and event.version < known:
+                outcome.counts["stale_skipped"] += 1
+            elif known is not None and event.version == known:
+                outcome.counts["duplicates"] += 1
+            elif event.op == "delete":
+                deletes[product_id] = event
+            else:
+                upserts.append(_Product(event, message))
+
+        if deletes:
+            self.store.delete(list(deletes))
+            self.cache.set_tombstones({pid: e.version for pid, e in deletes.items()})
+            outcome.deleted.extend(deletes)
+            outcome.counts["deleted"] += len(deletes)
+        if upserts:
+            self._encode(upserts, outcome)
+            self._write(upserts)
+            self.cache.clear_tombstones(p.event.product_id for p in upserts)
+            outcome.indexed.extend(p.event.product_id for p in upserts)
+            outcome.counts["indexed"] += len(upserts)
+            for product in upserts:
+                for modality, reason in product.errors.items():
+                    outcome.dead_letters.append(DeadLetter(product.message, f"{modality}: {reason}"))
+        now = time.time()
+        outcome.freshness_ms.extend(
+            (now - e.event_time) * 1000.0 for e in [*deletes.values(), *(p.event for p in upserts)]
+        )
+        outcome.counts["dead_lettered"] += len(outcome.dead_letters)
+        return outcome
+
+    def _latest_per_product(
+        self, messages: Sequence[IncomingMessage], outcome: BatchOutcome
+    ) -> dict[str, tuple[ProductEvent, IncomingMessage]]:
+        """Parse every message; keep only the highest version of each product in this batch."""
+        latest: dict[str, tuple[ProductEvent, IncomingMessage]] = {}
+        for message in messages:
+            try:
+                event = parse_event(message.value)
+            except EventError as exc:
+                outcome.dead_letters.append(DeadLetter(message, f"invalid event: {exc}"))
+                continue
+            outcome.counts["events"] += 1
+            seen = latest.get(event.product_id)
+            if seen is None or event.version > seen[0].version:
+                if seen is not None:
+                    outcome.counts["stale_skipped"] += 1
+                latest[event.product_id] = (event, message)
+            elif event.version == seen[0].version:
+                outcome.counts["duplicates"] += 1
+            else:
+                outcome.counts["stale_skipped"] += 1
+        return latest
+
+    def _current_versions(self, product_ids: list[str]) -> dict[str, int]:
+        """What is stored or was deleted: the higher of the point's version and the tombstone's."""
+        current = self.store.versions(product_ids)
+        for product_id, version in self.cache.tombstones(product_ids).items():
+            current[product_id] = max(version, current.get(product_id, -1))
+        return current
+
+    # -- features ------------------------------------------------------------------------------
+
+    def _encode(self, products: list[_Product], outcome: BatchOutcome) -> None:
+        texts = [p.event.text for p in products]
+        text_vectors = self._cached(
+            "text", self.text_encoder.version, [content_hash(t.encode()) for t in texts], texts,
+            self._encode_texts, outcome,
+        )
+        for product, vector in zip(products, text_vectors):
+            product.vectors["text"] = vector  # text never fails: a blank title is rejected earlier
+        self._encode_images(products, outcome)
+
+    def _encode_texts(self, texts: list[str]) -> list[np.ndarray | str]:
+        return list(self.text_encoder.encode(texts, batch_size=self.settings.batch_size))
+
+    def _encode_images(self, products: list[_Product], outcome: BatchOutcome) -> None:
+        """Fetch every image of the batch in parallel, encode the uncached ones in one batch, and
+        give each product the normalized mean of the images that worked."""
+        wanted = [(p, uri) for p in products for uri in p.event.image_uris[: self.settings.max_images]]
+        fetched = list(self._io.map(lambda item: _attempt(fetch_bytes, item[1], self.image_limits), wanted))
+        loaded = [(product, uri, data) for (product, uri), (data, error) in zip(wanted, fetched)
+                  if not _record_error(product, "image", uri, error)]
+        vectors = self._cached(
+            "image", self.image_encoder.version, [content_hash(data) for _, _, data in loaded],
+            [data for _, _, data in loaded], self._decode_and_encode_images, outcome,
+        )
+        per_product: dict[str, list[np.ndarray]] = {}
+        for (product, uri, _), result in zip(loaded, vectors):
+            if isinstance(result, str):
+                _record_error(product, "image", uri, result)
+            else:
+                per_product.setdefault(product.event.product_id, []).append(result)
+        for product in products:
+            found = per_product.get(product.event.product_id)
+            if found:
+                product.vectors["image"] = l2_normalize(np.mean(found, axis=0))
+
+    def _decode_and_encode_images(self, payloads: list[bytes]) -> list[np.ndarray | str]:
+        decoded = list(self._io.map(lambda data: _attempt(load_image, data, self.settings.max_image_pixels), payloads))
+        good = [image for image, error in decoded if error is None]
+        vectors = iter(self.image_encoder.encode(good, batch_size=self.settings.batch_size) if good else [])
+        return [next(vectors) if error is None else error for _, error in decoded]
+
+    def _cached(
+        self,
+        modality: str,
+        model_version: str,
+        hashes: list[str],
+        inputs: list[T],
+        encode: Callable[[list[T]], list[np.ndarray | str]],
+        outcome: BatchOutcome,
+    ) -> list[np.ndarray | str]:
+        """Vectors for ``inputs``: from Redis by content hash, encoding (once per distinct
+        content, in one batch) only what is missing. A string result is an error reason."""
+        keys = [feature_key(model_version, modality, h) for h in hashes]
+        results: list[np.ndarray | str | None] = list(self.cache.get_many(keys))
+        missing: dict[str, int] = {}
+        for i, (key, result) in enumerate(zip(keys, results)):
+            if result is None:
+                missing.setdefault(key, i)
+        outcome.counts[f"cache_hits_{modality}"] += len(keys) - sum(r is None for r in results)
+        outcome.counts[f"encoded_{modality}"] += len(missing)
+        if missing:
+            encoded = dict(zip(missing, encode([inputs[i] for i in missing.values()])))
+            self.cache.put_many({k: v for k, v in encoded.items() if not isinstance(v, str)})
+            results = [encoded[key] if result is None else result for key, result in zip(keys, results)]
+        return results  # type: ignore[return-value]
+
+    # -- storage -------------------------------------------------------------------------------
+
+    def _write(self, products: list[_Product]) -> None:
+        n = len(products)
+        batch: dict[str, ModalityBatch] = {}
+        for modality, dim in (("text", self.text_encoder.dim), ("image", self.image_encoder.dim)):
+            vectors = np.zeros((n, dim), dtype=np.float32)
+            present = np.zeros(n, dtype=bool)
+            for i, product in enumerate(products):
+                if modality in product.vectors:
+                    vectors[i] = product.vectors[modality]
+                    present[i] = True
+            batch[modality] = ModalityBatch(vectors, present)
+        named = self.fusion.fuse(batch)
+        points = []
+        for i, product in enumerate(products):
+            vector = {name: b.vectors[i].tolist() for name, b in named.items() if b.present[i]}
+            points.append(models.PointStruct(
+                id=point_id(product.event.product_id), vector=vector,
+                payload=self._payload(product, sorted(name for name in vector if name != "fused")),
+            ))
+        self.store.upsert(points)
+
+    def _payload(self, product: _Product, modalities: list[str]) -> dict:
+        event = product.event
+        return {
+            "product_id": event.product_id,
+            "version": event.version,
+            "title": event.title,
+            "description": event.description,
+            "attributes": event.attributes,
+            "category": event.category,
+            "category_path": category_prefixes(event.category),
+            "price": event.price,
+            "currency": event.currency,
+            "image_uris": event.image_uris,
+            "video_uri": event.video_uri,
+            "event_time": event.event_time,
+            "indexed_at": time.time(),
+            "modalities": modalities,
+            "errors": product.errors,
+            "model_version": self.models.versions,
+        }
+
+
+def _attempt(function: Callable[..., T], *args: object) -> tuple[T | None, str | None]:
+    """Run a media step; a MediaError becomes its reason instead of an exception."""
+    try:
+        return function(*args), None
+    except MediaError as exc:
+        return None, str(exc)
+
+
+def _record_error(product: _Product, modality: str, uri: str, error: str | None) -> bool:
+    """Note the first failure of a modality (the payload and the dead letter carry it)."""
+    if error is None:
+        return False
+    product.errors.setdefault(modality, f"{uri}: {error}")
+    return True

@@ -1,0 +1,132 @@
+"""Queries: similar items, search by text and by image, in one place for the worker's HTTP API
+and for the CLI.
+
+Qdrant local mode admits one process per folder, and the worker holds it while it runs. So the
+CLI asks the worker's HTTP API first and opens the store itself only when no worker answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+from typing import Any
+
+from streams.media import load_image
+from streams.models import Models, load_models
+from streams.settings import Settings
+from streams.store import Hit, ProductStore, SearchFilters
+
+MODES = ("similar", "text", "image")
+
+
+class QueryError(LookupError):
+    """A query that cannot be answered (unknown product, bad image, ...): the message says why."""
+
+
+class Searcher:
+    def __init__(self, store: ProductStore, models: Models, max_image_pixels: int) -> None:
+        self.store = store
+        self.models = models
+        self.max_image_pixels = max_image_pixels
+
+    def similar(self, product_id: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
+        vector = self.store.vector(product_id, "fused")
+        if vector is None:
+            raise QueryError(f"product {product_id!r} is not indexed")
+        return self.store.search("fused", vector, k, filters, exclude_product_id=product_id)
+
+    def by_text(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
+        if not text.strip():
+            raise QueryError("the text query is empty")
+        return self.store.search("text", self.models.text.encode([text])[0], k, filters)
+
+    def by_image(self, data: bytes, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
+        image = load_image(data, self.max_image_pixels)
+        return self.store.search("image", self.models.image.encode([image])[0], k, filters)
+
+    def answer(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """Answer a query in its wire form (see ``query_request``); used by the HTTP API."""
+        mode = request.get("mode")
+        k = int(request.get("k", 10))
+        filters = SearchFilters(request.get("category"), request.get("price_min"), request.get("price_max"))
+        if mode == "similar":
+            hits = self.similar(str(request["product_id"]), k, filters)
+        elif mode == "text":
+            hits = self.by_text(str(request["text"]), k, filters)
+        elif mode == "image":
+            hits = self.by_image(base64.b64decode(request["image_b64"]), k, filters)
+        else:
+            raise QueryError(f"unknown query mode {mode!r} (expected one of {', '.join(MODES)})")
+        return [hit_row(rank, hit) for rank, hit in enumerate(hits, start=1)]
+
+
+def hit_row(rank: int, hit: Hit) -> dict[str, Any]:
+    payload = hit.payload
+    return {
+        "rank": rank,
+        "product_id": hit.product_id,
+        "score": round(hit.score, 4),
+        "title": payload.get("title", ""),
+        "category": " > ".join(payload.get("category") or []),
+        "price": payload.get("price"),
+        "modalities": payload.get("modalities", []),
+    }
+
+
+def query_request(mode: str, value: str | bytes, k: int, filters: SearchFilters) -> dict[str, Any]:
+    request: dict[str, Any] = {"mode": mode, "k": k, **{f: v for f, v in asdict(filters).items() if v is not None}}
+    if mode == "similar":
+        request["product_id"] = value
+    elif mode == "text":
+        request["text"] = value
+    else:
+        request["image_b64"] = base64.b64encode(value if isinstance(value, bytes) else value.encode()).decode()
+    return request
+
+
+def run_query(settings: Settings, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ask the running worker; with no worker answering, open the store in this process."""
+    try:
+        return post_json(f"{settings.worker_url}/query", request)
+    except ConnectionError:
+        pass
+    searcher = local_searcher(settings)
+    try:
+        return searcher.answer(request)
+    finally:
+        searcher.store.close()
+
+
+def local_searcher(settings: Settings) -> Searcher:
+    models = load_models(settings)
+    return Searcher(ProductStore(settings, models.fusion.dims), models, settings.max_image_pixels)
+
+
+def post_json(url: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
+    """POST JSON to the worker; ConnectionError when nothing listens, QueryError on a 4xx."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    return _open_json(request, timeout)
+
+
+def get_json(url: str, timeout: float = 10.0) -> Any:
+    return _open_json(urllib.request.Request(url), timeout)
+
+
+def _open_json(request: urllib.request.Request, timeout: float) -> Any:
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail).get("error", detail)
+        except (json.JSONDecodeError, AttributeError):
+            pass
+        raise QueryError(detail) from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, (ConnectionRefusedError, ConnectionResetError, FileNotFoundError)):
+            raise ConnectionError(f"no worker at {request.full_url}") from None
+        raise

@@ -1,0 +1,164 @@
+"""Qdrant, owned here: one point per product with named vectors and a payload.
+
+The same code talks to Qdrant local mode (a folder, the embedded default) and to a Qdrant
+server or cluster (``SHELFSTREAM_QDRANT_URL``). Local mode admits one process per folder and is
+not thread-safe, so every call goes through one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from streams.settings import Settings
+
+# Point ids are UUIDv5 of the product id: stable across workers, replays and machines.
+POINT_NAMESPACE = uuid.UUID("6f1d3c52-8a59-4c4e-9a8e-3b0c2f7d9e41")
+
+
+def point_id(product_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, product_id))
+
+
+def category_prefixes(category: Sequence[str]) -> list[str]:
+    """``["A", "B"]`` -> ``["A", "A > B"]``: a filter on any level is then one keyword match."""
+    return [" > ".join(category[: i + 1]) for i in range(len(category))]
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    category: str | None = None  # a category path prefix, e.g. "Apparel > Topwear"
+    price_min: float | None = None
+    price_max: float | None = None
+
+    def to_qdrant(self, exclude_product_id: str | None = None) -> models.Filter | None:
+        must: list[models.Condition] = []
+        if self.category:
+            path = " > ".join(part.strip() for part in self.category.replace("/", ">").split(">") if part.strip())
+            must.append(models.FieldCondition(key="category_path", match=models.MatchValue(value=path)))
+        if self.price_min is not None or self.price_max is not None:
+            must.append(models.FieldCondition(key="price", range=models.Range(gte=self.price_min, lte=self.price_max)))
+        must_not: list[models.Condition] = []
+        if exclude_product_id is not None:
+            must_not.append(models.HasIdCondition(has_id=[point_id(exclude_product_id)]))
+        return models.Filter(must=must or None, must_not=must_not or None) if (must or must_not) else None
+
+
+@dataclass(frozen=True)
+class Hit:
+    product_id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class ProductStore:
+    def __init__(self, settings: Settings, dims: Mapping[str, int]) -> None:
+        self.collection = settings.collection
+        self.dims = dict(dims)
+        self._lock = threading.Lock()
+        if settings.qdrant_url:
+            self.client = QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key or None, timeout=30)
+        else:
+            self.client = QdrantClient(path=settings.qdrant_path)
+        self.ensure_collection()
+
+    def ensure_collection(self) -> None:
+        """Create the collection, or check that an existing one has this model's vector sizes."""
+        with self._lock:
+            if not self.client.collection_exists(self.collection):
+                self.client.create_collection(
+                    self.collection,
+                    vectors_config={
+                        name: models.VectorParams(size=size, distance=models.Distance.COSINE)
+                        for name, size in self.dims.items()
+                    },
+                )
+                for field, schema in (("category_path", models.PayloadSchemaType.KEYWORD),
+                                      ("price", models.PayloadSchemaType.FLOAT),
+                                      ("product_id", models.PayloadSchemaType.KEYWORD)):
+                    self.client.create_payload_index(self.collection, field, schema)
+                return
+            vectors = self.client.get_collection(self.collection).config.params.vectors
+            existing = {name: params.size for name, params in (vectors or {}).items()}
+        if existing != self.dims:
+            raise RuntimeError(
+                f"Qdrant collection {self.collection!r} has vectors {existing}, but the models produce "
+                f"{self.dims}: use another SHELFSTREAM_COLLECTION or re-index into a new collection"
+            )
+
+    def versions(self, product_ids: Sequence[str]) -> dict[str, int]:
+        """The stored version of each product that has a point."""
+        if not product_ids:
+            return {}
+        with self._lock:
+            records = self.client.retrieve(
+                self.collection, [point_id(pid) for pid in product_ids], with_payload=["product_id", "version"]
+            )
+        return {r.payload["product_id"]: int(r.payload["version"]) for r in records if r.payload}
+
+    def upsert(self, points: Sequence[models.PointStruct]) -> None:
+        if points:
+            with self._lock:
+                self.client.upsert(self.collection, list(points), wait=True)
+
+    def delete(self, product_ids: Sequence[str]) -> None:
+        if product_ids:
+            with self._lock:
+                self.client.delete(
+                    self.collection,
+                    points_selector=models.PointIdsList(points=[point_id(pid) for pid in product_ids]),
+                    wait=True,
+                )
+
+    def get(self, product_id: str, with_vectors: bool = False) -> models.Record | None:
+        with self._lock:
+            records = self.client.retrieve(self.collection, [point_id(product_id)], with_vectors=with_vectors)
+        return records[0] if records else None
+
+    def vector(self, product_id: str, name: str) -> np.ndarray | None:
+        record = self.get(product_id, with_vectors=True)
+        if record is None or not isinstance(record.vector, dict) or name not in record.vector:
+            return None
+        return np.asarray(record.vector[name], dtype=np.float32)
+
+    def search(
+        self,
+        using: str,
+        vector: np.ndarray,
+        limit: int = 10,
+        filters: SearchFilters | None = None,
+        exclude_product_id: str | None = None,
+    ) -> list[Hit]:
+        query_filter = (filters or SearchFilters()).to_qdrant(exclude_product_id)
+        with self._lock:
+            response = self.client.query_points(
+                self.collection, query=vector.tolist(), using=using, limit=limit,
+                query_filter=query_filter, with_payload=True,
+            )
+        return [Hit(p.payload["product_id"], float(p.score), dict(p.payload)) for p in response.points if p.payload]
+
+    def count(self) -> int:
+        with self._lock:
+            return self.client.count(self.collection, exact=True).count
+
+    def all_points(self, with_vectors: bool = True, page: int = 256) -> list[models.Record]:
+        """Every point (tests and re-indexing); pages through the collection."""
+        out: list[models.Record] = []
+        offset = None
+        while True:
+            with self._lock:
+                records, offset = self.client.scroll(
+                    self.collection, limit=page, offset=offset, with_vectors=with_vectors, with_payload=True
+                )
+            out.extend(records)
+            if offset is None:
+                return out
+
+    def close(self) -> None:
+        with self._lock:
+            self.client.close()
