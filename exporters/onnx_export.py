@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -154,7 +155,10 @@ def export_onnx(
     module = module.eval()
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{name}.export.") as tmp:
         tmp_onnx = Path(tmp) / f"{name}.onnx"
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter (dynamo=False) is chosen on purpose for its plain
+            # dynamic_axes; the check below guards what tracing baked in.
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
             torch.onnx.export(
                 module,
                 (),
