@@ -8,10 +8,14 @@ row is False and the store omits that named vector for that point.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Protocol
 
 import numpy as np
+
+from encoders_onnx.session import ModelNotExportedError, OnnxModel, l2_normalize
 
 MODALITIES = ("text", "image", "video")
 
@@ -29,11 +33,6 @@ class Fusion(Protocol):
     dims: Mapping[str, int]  # named vector -> dimension, ``fused`` included
 
     def fuse(self, batch: Mapping[str, ModalityBatch]) -> dict[str, ModalityBatch]: ...
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 class ConcatFusion:
@@ -66,4 +65,97 @@ class ConcatFusion:
         fused = l2_normalize(np.concatenate([text_block, visual_block], axis=1))
         out = {name: batch[name] for name in MODALITIES if name in batch}
         out["fused"] = ModalityBatch(fused, text.present | visual_present)
+        return out
+
+
+BUNDLE_MANIFEST = "bundle.json"
+
+
+class FusionModel:
+    """A trained bundle (``shelfstream train``): per-modality heads into one shared space + a fusion graph.
+
+    As a :class:`Fusion`, ``fuse(batch)`` stores ``text``, ``image`` and ``video`` *in the shared
+    space* (so a text query also finds products by their images) and ``fused`` from the bundle's
+    fusion graph (``learned`` or ``autoencoder``). Rows where a modality is absent are zeroed
+    before any graph sees them and stay absent in the output; the fusion graph gets the mask.
+    """
+
+    def __init__(self, bundle_dir: str | Path, providers: str = "auto", fusion: str = "learned") -> None:
+        self.bundle_dir = Path(bundle_dir)
+        manifest_path = self.bundle_dir / BUNDLE_MANIFEST
+        if not manifest_path.is_file():
+            raise ModelNotExportedError(f"no fusion bundle at {manifest_path}: run `shelfstream train` first")
+        self.manifest: dict = json.loads(manifest_path.read_text())
+        if fusion not in self.manifest["fusions"]:
+            raise ValueError(f"fusion must be one of {sorted(self.manifest['fusions'])}, not {fusion!r}")
+        sessions: dict[str, OnnxModel] = {}
+        self._heads: dict[str, OnnxModel] = {}
+        for modality, spec in self.manifest["heads"].items():
+            if spec["model"] not in sessions:
+                sessions[spec["model"]] = OnnxModel(self.bundle_dir, spec["model"], providers)
+            self._heads[modality] = sessions[spec["model"]]
+        spec = self.manifest["fusions"][fusion]
+        self._fusion = OnnxModel(self.bundle_dir, spec["model"], providers)
+        self.fusion_modalities: tuple[str, ...] = tuple(spec["modalities"])
+        self.input_dims: dict[str, int] = dict(self.manifest["input_dims"])
+        self.dim: int = int(self.manifest["shared_dim"])
+        self.dims: dict[str, int] = {**{m: self.dim for m in self._heads}, "fused": self._fusion.output_dim("fused")}
+        self.version: str = self.manifest["version"] if fusion == "learned" else f"{self.manifest['version']}-{fusion}"
+
+    def check_encoders(self, versions: Mapping[str, str]) -> None:
+        """Fail loudly when the serving encoders are not the ones the heads were trained on."""
+        trained = self.manifest["encoders"]
+        wrong = {m: (v, trained[m]) for m, v in versions.items() if m in trained and trained[m] != v}
+        if wrong:
+            raise ValueError(f"bundle {self.version} was trained on other encoder versions (serving, trained): {wrong}")
+
+    def project(
+        self, text: np.ndarray | None = None, image: np.ndarray | None = None, video: np.ndarray | None = None
+    ) -> dict[str, np.ndarray | None]:
+        """Encoder vectors -> unit vectors in the shared space; None stays None (absent modality)."""
+        given = {"text": text, "image": image, "video": video}
+        return {
+            m: None if x is None else self._heads[m].run({m: np.asarray(x, np.float32)})["embedding"]
+            for m, x in given.items()
+        }
+
+    def fuse_arrays(
+        self,
+        text: np.ndarray | None = None,
+        image: np.ndarray | None = None,
+        video: np.ndarray | None = None,
+        present_mask: np.ndarray | None = None,
+    ) -> ModalityBatch:
+        """Fused vectors of a batch. ``present_mask`` is (n, 3) bool in ``MODALITIES`` order (default:
+        a given array is present on every row). Rows with none of the fusion's modalities come
+        back with ``present`` False."""
+        given = {"text": text, "image": image, "video": video}
+        n = next(len(x) for x in given.values() if x is not None)
+        if present_mask is None:
+            present_mask = np.stack([np.full(n, given[m] is not None) for m in MODALITIES], axis=1)
+        columns = [MODALITIES.index(m) for m in self.fusion_modalities]
+        present = np.asarray(present_mask, bool)[:, columns]
+        feeds = {"present": present.astype(np.float32)}
+        for i, m in enumerate(self.fusion_modalities):
+            x = given[m]
+            x = np.zeros((n, self.input_dims[m]), np.float32) if x is None else np.asarray(x, np.float32)
+            feeds[m] = np.where(present[:, i : i + 1], x, 0.0).astype(np.float32)
+        return ModalityBatch(self._fusion.run(feeds)["fused"], present.any(axis=1))
+
+    def fuse(self, batch: Mapping[str, ModalityBatch]) -> dict[str, ModalityBatch]:
+        """The named vectors to store: each present modality in the shared space, and ``fused``."""
+        n = len(next(iter(batch.values())).present)
+        absent = ModalityBatch(np.zeros((n, 0), np.float32), np.zeros(n, bool))
+        full = {m: batch.get(m, absent) for m in MODALITIES}
+        arrays = {
+            m: np.where(b.present[:, None], b.vectors, 0.0).astype(np.float32)
+            for m, b in full.items()
+            if b.present.any() and m in self._heads
+        }
+        mask = np.stack([full[m].present if m in arrays else np.zeros(n, bool) for m in MODALITIES], axis=1)
+        out = {m: ModalityBatch(z, full[m].present) for m, z in self.project(**arrays).items() if z is not None}
+        if n:
+            out["fused"] = self.fuse_arrays(**arrays, present_mask=mask) if arrays else ModalityBatch(
+                np.zeros((n, self.dims["fused"]), np.float32), np.zeros(n, bool)
+            )
         return out

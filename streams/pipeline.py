@@ -12,7 +12,6 @@ Correctness rules kept here, in one place:
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,8 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 from qdrant_client import models
 
-from encoders_onnx.fusion import ModalityBatch, l2_normalize
+from encoders_onnx.fusion import ModalityBatch
+from encoders_onnx.session import l2_normalize
 from streams.cache import FeatureCache, feature_key
 from streams.events import EventError, ProductEvent, parse_event
 from streams.media import MediaError, MediaLimits, content_hash, fetch_bytes, load_image
@@ -30,7 +30,6 @@ from streams.models import Models, load_models
 from streams.settings import Settings
 from streams.store import ProductStore, category_prefixes, point_id
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -219,7 +218,7 @@ class Pipeline:
         for product in products:
             found = per_product.get(product.event.product_id)
             if found:
-                product.vectors["image"] = l2_normalize(np.mean(found, axis=0))
+                product.vectors["image"] = l2_normalize(np.mean(found, axis=0, keepdims=True))[0]
 
     def _decode_and_encode_images(self, payloads: list[bytes]) -> list[np.ndarray | str]:
         decoded = list(self._io.map(lambda data: _attempt(load_image, data, self.settings.max_image_pixels), payloads))

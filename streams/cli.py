@@ -1,0 +1,180 @@
+"""``shelfstream``: one console script for the embedded services, the worker, publishing,
+queries, exporting and benchmarking. Every knob is a ``SHELFSTREAM_*`` variable (``shelfstream
+settings`` lists them); flags here only say what to do."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from streams.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    try:
+        return args.handler(args, settings) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, ValueError, LookupError, OSError) as exc:
+        print(f"shelfstream {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shelfstream", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace, Settings], int | None], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("up", cmd_up, "start the embedded tansu broker and redis-server (state in SHELFSTREAM_STATE_DIR)")
+    command("down", cmd_down, "stop exactly the processes that `up` started")
+    command("status", cmd_status, "show the embedded services, and the worker's counters if one runs")
+    command("settings", cmd_settings, "list every SHELFSTREAM_* setting with its current value")
+    worker = command("worker", cmd_worker, "run the Faust worker: index product events and serve queries over HTTP")
+    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+
+    publish = command("publish", cmd_publish, "publish products from a CSV or JSONL file as events")
+    publish.add_argument("file", type=Path)
+    publish.add_argument("--mapping", help="column mapping: a JSON file or inline JSON (see README)")
+    publish.add_argument("--version", type=int, help="version of every event (default: now in ms)")
+    publish.add_argument("--limit", type=int, help="publish at most this many rows")
+    publish.add_argument("--delete", action="store_true", help="publish deletes for the file's products instead")
+
+    for name, help_text in (("similar", "products similar to a product (fused vector)"),
+                            ("search", "search products by text or by image")):
+        sub = command(name, cmd_query, help_text)
+        if name == "similar":
+            sub.add_argument("product_id")
+        else:
+            what = sub.add_mutually_exclusive_group(required=True)
+            what.add_argument("--text", help="free text, e.g. 'red running shoes'")
+            what.add_argument("--image", type=Path, help="an image file")
+        sub.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+        sub.add_argument("--category", help="category path prefix, e.g. 'Apparel > Topwear'")
+        sub.add_argument("--price-min", type=float)
+        sub.add_argument("--price-max", type=float)
+        sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    export = command("export", cmd_export, "export the ONNX encoders from the packages that ship their weights")
+    export.add_argument("--force", action="store_true", help="re-export even if the models exist")
+
+    bench = command("bench", cmd_bench, "measure encoder and end-to-end throughput and freshness")
+    bench.add_argument("--dataset", type=Path, help="catalog folder (default: ../shared/datasets/myntra-fashion-small)")
+    bench.add_argument("-n", type=int, default=2000, help="products (default 2000)")
+    bench.add_argument("--json", action="store_true", help="print only the JSON result")
+
+    command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
+    return parser
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
+    from infra.services import start_services
+
+    state = start_services(settings.state_path)
+    print(f"kafka  {state['kafka_bootstrap']}\nredis  {state['redis_url']}\nqdrant {settings.qdrant_path} (local mode)")
+    print(f"state  {settings.state_path}")
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings) -> None:
+    from infra.services import stop_services
+
+    stopped = stop_services(settings.state_path)
+    print("stopped " + ", ".join(stopped) if stopped else "nothing to stop")
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
+    from infra.services import service_status
+    from streams.search import get_json
+
+    print(json.dumps(service_status(settings.state_path), indent=2))
+    try:
+        print(json.dumps({"worker": get_json(f"{settings.worker_url}/stats")}, indent=2))
+    except ConnectionError:
+        print(f"no worker answering at {settings.worker_url}")
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> None:
+    for variable, _default, doc in Settings.describe():
+        name = variable.removeprefix("SHELFSTREAM_").lower()
+        print(f"{variable:<40} {getattr(settings, name)!r:<40} {doc}")
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.app import run_worker
+
+    run_worker(settings, args.loglevel)
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.publish import load_mapping, publish_file
+
+    mapping = load_mapping(args.mapping)
+    if args.delete:
+        mapping = {**mapping, "op": {"value": "delete"}}
+    report = publish_file(settings, args.file, mapping, args.version, args.limit)
+    print(report.line(settings.events_topic))
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.search import query_request, run_query
+    from streams.store import SearchFilters
+
+    filters = SearchFilters(args.category, args.price_min, args.price_max)
+    if args.command == "similar":
+        request = query_request("similar", args.product_id, args.k, filters)
+    elif args.text is not None:
+        request = query_request("text", args.text, args.k, filters)
+    else:
+        request = query_request("image", args.image.read_bytes(), args.k, filters)
+    rows = run_query(settings, request)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
+    from exporters.encoders import export_all
+
+    for manifest in export_all(settings.model_dir, force=args.force):
+        print(f"{manifest['name']}: version {manifest['version']} in {settings.model_dir}")
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.bench import run_bench
+
+    result = run_bench(settings, args.dataset, args.n, quiet=args.json)
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(settings)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no results"
+    columns = [("rank", 4), ("product_id", 10), ("score", 7), ("title", 48), ("category", 40), ("price", 8)]
+    lines = ["  ".join(f"{name:<{width}}" for name, width in columns)]
+    for row in rows:
+        cells = []
+        for name, width in columns:
+            value = row.get(name)
+            text = "" if value is None else (f"{value:.4f}" if isinstance(value, float) and name == "score" else str(value))
+            cells.append(f"{text[:width]:<{width}}")
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
