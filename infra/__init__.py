@@ -1,0 +1,1 @@
+"""Embedded development services (tansu broker, redis-server) and the production recipe."""
