@@ -91,13 +91,13 @@ class OnnxModel:
         if missing:
             raise ModelNotExportedError(
                 f"model {name!r} is not exported: missing {', '.join(str(p) for p in missing)}. "
-                f"Run `shelfstream export --model-dir {self.model_dir}` (needs the [export] extra: torch)."
+                f"Run `SHELFSTREAM_MODEL_DIR={self.model_dir} shelfstream export` (needs the [export] extra: torch)."
             )
         self.manifest: dict = json.loads(manifest_path.read_text())
         if verify and file_sha256(self.path) != self.manifest["onnx_sha256"]:
             raise ModelIntegrityError(
                 f"{self.path} does not match the sha256 in {manifest_path.name}; "
-                f"re-export it with `shelfstream export --force --model-dir {self.model_dir}`"
+                f"re-export it with `SHELFSTREAM_MODEL_DIR={self.model_dir} shelfstream export --force`"
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
