@@ -370,8 +370,8 @@ def _get_once(target: _Target, limits: MediaLimits, deadline: _Deadline) -> byte
             target.path,
             headers={"User-Agent": _USER_AGENT, "Accept": "*/*", "Connection": "close"},
         )
-        response = conn.getresponse()
-        return _handle_response(response, target, limits, watchdog, deadline)
+        with conn.getresponse() as response:  # closing it releases the socket's last reference
+            return _handle_response(response, target, limits, watchdog, deadline)
     except MediaError:
         raise
     except Exception as exc:
