@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any, Sequence
 
@@ -39,12 +40,15 @@ class WorkerState:
         self.stats = Stats()
         self.started_at = time.time()
         self._pipeline: Pipeline | None = None
+        self._loading = threading.Lock()
 
     @property
     def pipeline(self) -> Pipeline:
-        if self._pipeline is None:
-            self._pipeline = Pipeline.from_settings(self.settings)
-        return self._pipeline
+        """Loaded on first use, once, whichever thread (agent or query) comes first."""
+        with self._loading:
+            if self._pipeline is None:
+                self._pipeline = Pipeline.from_settings(self.settings)
+            return self._pipeline
 
     @property
     def searcher(self) -> Searcher:
@@ -87,6 +91,8 @@ class WorkerState:
 
 
 def create_app(settings: Settings) -> faust.App:
+    datadir = settings.state_path / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -99,7 +105,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1,
         broker_rebalance_timeout=20,
         producer_acks=-1,
-        datadir=str(settings.state_path / "faust" / settings.app_id),
+        datadir=str(datadir / settings.app_id),
     )
     worker = WorkerState(settings)
     app.shelfstream_worker = worker  # type: ignore[attr-defined]
@@ -158,7 +164,11 @@ def _add_query_api(app: faust.App, worker: WorkerState) -> None:
     @app.page("/stats")
     class StatsView(View):
         async def get(self, request: Request) -> Response:
-            return self.json(await asyncio.get_running_loop().run_in_executor(None, worker.status))
+            """Counters and freshness; ``?reset=1`` starts a new measuring window (benchmarks)."""
+            status = await asyncio.get_running_loop().run_in_executor(None, worker.status)
+            if request.query.get("reset") in {"1", "true"}:
+                worker.stats = Stats()
+            return self.json(status)
 
     @app.page("/products/{product_id}")
     class Product(View):

@@ -45,7 +45,7 @@ class Settings:
     providers: str = _knob("auto", "onnxruntime providers: auto (CUDA when present, else CPU), cpu or cuda")
     text_weight: float = _knob(0.5, "weight of the text block in the concatenation fusion (image gets 1 - w)")
     # media: untrusted seller URIs
-    media_root: str = _knob(".", "local paths and file:// URIs must resolve inside this folder")
+    media_root: str = _knob("media", "local paths and file:// URIs must resolve inside this folder")
     allow_private_networks: bool = _knob(False, "allow http(s) media on private, loopback or link-local addresses")
     fetch_timeout_s: float = _knob(5.0, "time limit of one media download, seconds")
     max_image_bytes: int = _knob(10_000_000, "largest image file accepted, bytes")
@@ -91,6 +91,10 @@ class Settings:
     @property
     def worker_url(self) -> str:
         return f"http://{self.web_host}:{self.web_port}"
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``SHELFSTREAM_*`` variables, to hand to a worker process."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

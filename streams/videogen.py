@@ -51,11 +51,13 @@ def make_clip(
     size: tuple[int, int] = (320, 240),
     fps: int = 25,
     motions: Sequence[str] = MOTIONS,
+    keyframe_interval_s: float | None = 2.0,
 ) -> Path:
     """Write a ``seconds`` long clip with one equally long shot per image; shot ``i`` moves by ``motions[i % len]``.
 
     ``size`` is (width, height), even numbers (4:2:0 chroma). The container is taken from the
-    suffix of ``out_path`` (use ``clip_suffix(codec)``).
+    suffix of ``out_path`` (use ``clip_suffix(codec)``). A keyframe every ``keyframe_interval_s``
+    as phone and web encoders do (None: the encoder's default, often the first frame only).
     """
     if not images:
         raise ValueError("make_clip needs at least one image")
@@ -73,6 +75,8 @@ def make_clip(
         stream = container.add_stream(encoder, rate=fps, options=options)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
+        if keyframe_interval_s is not None:
+            stream.codec_context.gop_size = max(1, round(keyframe_interval_s * fps))
         for index in range(n_frames):
             shot, progress = divmod(index * len(sources) / n_frames, 1.0)
             shot = int(shot)
