@@ -133,14 +133,21 @@ def start_services(state_dir: Path | str, timeout_s: float = START_TIMEOUT_S) ->
     with _locked(state_dir):
         recorded = _read_state(state_dir).get("services", {})
         records: dict[str, dict[str, Any]] = {}
-        for service in SERVICES:
-            old = recorded.get(service.name)
-            if old and _owns(old) and _answering(service, old["port"]):
-                records[service.name] = old
-                continue
-            if old and _owns(old):  # ours but not answering: replace it
-                _stop(service, old)
-            records[service.name] = _launch(service, state_dir, timeout_s)
+        launched: list[_Service] = []
+        try:
+            for service in SERVICES:
+                old = recorded.get(service.name)
+                if old and _owns(old) and _answering(service, old["port"]):
+                    records[service.name] = old
+                    continue
+                if old and _owns(old):  # ours but not answering: replace it
+                    _stop(service, old)
+                records[service.name] = _launch(service, state_dir, timeout_s)
+                launched.append(service)
+        except BaseException:
+            for service in launched:  # not recorded yet: nobody else could stop them
+                _stop(service, records[service.name])
+            raise
         if records == recorded:
             return _read_state(state_dir)
         state = {

@@ -3,6 +3,7 @@ exactly what `up` started, never a process that merely holds a recorded pid."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +20,8 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from infra.services import SERVICES, ServiceError, _launch, _proc_start, service_status, start_services, stop_services
+import infra.services as services_module
+from infra.services import SERVICES, ServiceError, _proc_start, service_status, start_services, stop_services
 from streams.settings import Settings
 
 KAFKA, REDIS = SERVICES
@@ -173,7 +175,22 @@ def test_locate_names_the_pip_package_when_it_is_missing() -> None:
 
 
 @pytest.mark.integration
-def test_a_service_that_cannot_start_fails_with_its_log_tail(tmp_path: Path) -> None:
-    broken = dataclasses.replace(REDIS, args=lambda port, state_dir: ["--no-such-option"])
-    with pytest.raises(ServiceError, match="Bad directive"):
-        _launch(broken, tmp_path, timeout_s=DEADLINE_S)
+def test_a_failed_up_explains_itself_and_leaves_nothing_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken_redis = dataclasses.replace(REDIS, args=lambda port, state_dir: ["--no-such-option"])
+    monkeypatch.setattr(services_module, "SERVICES", (KAFKA, broken_redis))
+    with pytest.raises(ServiceError, match="Bad directive"):  # quoted from the log tail
+        start_services(tmp_path)
+    assert not (tmp_path / "services.json").exists()
+    assert not _processes_in(tmp_path)  # the broker it had started is stopped again
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Running processes whose working directory is `directory` (services run in their state dir)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == directory and _running(int(proc.name)):
+                pids.append(int(proc.name))
+    return pids
