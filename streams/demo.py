@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 
 from streams.cli import format_table
-from streams.events import ProductEvent
 from streams.publish import catalog_events, load_mapping, publish_events
 from streams.runner import WorkerProcess
 from streams.search import query_request, run_query
@@ -73,7 +72,7 @@ def _run(settings: Settings, worker: WorkerProcess, catalog: Path) -> int:
     queries += 1
 
     product = events[0]
-    updated = ProductEvent(**{**product.asdict(), "version": 2, "price": round((product.price or 0) * 0.8), "event_time": time.time()})
+    updated = product.derive(version=2, price=round((product.price or 0) * 0.8), event_time=time.time())
     before = worker.stats()["counts"]
     publish_events(settings, [updated])
     after = worker.wait_until(lambda s: s["counts"].get("indexed", 0) > before.get("indexed", 0), 120, "the price update")

@@ -46,6 +46,10 @@ class ProductEvent(faust.Record, serializer="json"):
         """What the text encoder reads: title, then description (attributes stay in the payload)."""
         return f"{self.title}. {self.description}".strip() if self.description else self.title
 
+    def derive(self, **changes: Any) -> "ProductEvent":
+        """A copy with some fields changed (a newer version, a new price, ...)."""
+        return ProductEvent(**{**self.asdict(), **changes})
+
     def to_bytes(self) -> bytes:
         return json.dumps(self.asdict(), separators=(",", ":"), ensure_ascii=False).encode()
 

@@ -1,0 +1,168 @@
+"""The batch pipeline on real Redis and Qdrant local mode (no broker needed): what lands in
+Qdrant, what the cache saves, how versions, deletes and bad input are handled."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streams.pipeline import IncomingMessage, Pipeline
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pipeline(settings: Settings) -> Iterator[Pipeline]:
+    pipeline = Pipeline.from_settings(settings)
+    yield pipeline
+    pipeline.close()
+
+
+def messages(*events) -> list[IncomingMessage]:
+    return [IncomingMessage(e.to_bytes(), e.product_id.encode()) for e in events]
+
+
+def test_products_land_with_named_vectors_and_payload(pipeline, catalog):
+    outcome = pipeline.process(messages(*catalog))
+    assert outcome.counts["indexed"] == len(catalog)
+    assert not outcome.dead_letters
+    points = {p.payload["product_id"]: p for p in pipeline.store.all_points()}
+    assert set(points) == {e.product_id for e in catalog}
+    for event in catalog:
+        point = points[event.product_id]
+        assert {name: len(v) for name, v in point.vector.items()} == {"text": 384, "image": 1280, "fused": 1664}
+        for vector in point.vector.values():
+            assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-4)
+        payload = point.payload
+        assert payload["title"] == event.title
+        assert payload["category"] == event.category
+        assert payload["category_path"][-1] == " > ".join(event.category)
+        assert payload["price"] == event.price and payload["version"] == 1
+        assert payload["modalities"] == ["image", "text"] and payload["errors"] == {}
+        assert set(payload["model_version"]) == {"text", "image", "fusion"}
+
+
+def test_price_only_update_reencodes_nothing_and_changes_payload(pipeline, catalog):
+    pipeline.process(messages(*catalog))
+    before = {p.payload["product_id"]: p.vector["fused"] for p in pipeline.store.all_points()}
+    updates = [e.derive(version=2, price=123.0) for e in catalog]
+    outcome = pipeline.process(messages(*updates))
+    assert outcome.counts["encoded_text"] == 0 and outcome.counts["encoded_image"] == 0
+    assert outcome.counts["cache_hits_text"] == len(catalog) and outcome.counts["cache_hits_image"] == len(catalog)
+    for point in pipeline.store.all_points():
+        assert point.payload["price"] == 123.0 and point.payload["version"] == 2
+        np.testing.assert_allclose(point.vector["fused"], before[point.payload["product_id"]], atol=1e-6)
+
+
+def test_title_change_reencodes_only_text(pipeline, catalog):
+    pipeline.process(messages(*catalog[:4]))
+    outcome = pipeline.process(messages(catalog[0].derive(version=2, title="Completely new title")))
+    assert outcome.counts["encoded_text"] == 1 and outcome.counts["encoded_image"] == 0
+    assert pipeline.store.get(catalog[0].product_id).payload["title"] == "Completely new title"
+
+
+def test_older_and_duplicate_versions_change_nothing(pipeline, catalog):
+    event = catalog[0].derive(version=5, price=50.0)
+    pipeline.process(messages(event))
+    indexed_at = pipeline.store.get(event.product_id).payload["indexed_at"]
+    older = pipeline.process(messages(event.derive(version=4, price=1.0)))
+    assert older.counts["stale_skipped"] == 1 and older.counts["indexed"] == 0
+    duplicate = pipeline.process(messages(event))
+    assert duplicate.counts["duplicates"] == 1 and duplicate.counts["indexed"] == 0
+    payload = pipeline.store.get(event.product_id).payload
+    assert (payload["price"], payload["version"], payload["indexed_at"]) == (50.0, 5, indexed_at)
+
+
+def test_highest_version_in_one_batch_wins(pipeline, catalog):
+    event = catalog[0]
+    outcome = pipeline.process(messages(event.derive(version=3, price=3.0), event.derive(version=2, price=2.0)))
+    assert outcome.counts["indexed"] == 1 and outcome.counts["stale_skipped"] == 1
+    assert pipeline.store.get(event.product_id).payload["price"] == 3.0
+
+
+def test_delete_removes_the_point_and_an_older_replay_cannot_resurrect_it(pipeline, catalog):
+    pipeline.process(messages(*catalog[:3]))
+    delete = {"op": "delete", "product_id": catalog[0].product_id, "version": 2}
+    outcome = pipeline.process([IncomingMessage(json.dumps(delete).encode())])
+    assert outcome.counts["deleted"] == 1
+    assert pipeline.store.get(catalog[0].product_id) is None
+    assert pipeline.store.count() == 2
+    replay = pipeline.process(messages(catalog[0]))  # version 1, published before the delete
+    assert replay.counts["stale_skipped"] == 1 and pipeline.store.get(catalog[0].product_id) is None
+    recreate = pipeline.process(messages(catalog[0].derive(version=3)))
+    assert recreate.counts["indexed"] == 1 and pipeline.store.get(catalog[0].product_id) is not None
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"{not json", "malformed JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (json.dumps({"op": "upsert", "version": 1, "title": "x"}).encode(), "'product_id'"),
+        (json.dumps({"op": "upsert", "product_id": "p", "version": "7", "title": "x"}).encode(), "'version' must be a non-negative integer"),
+        (json.dumps({"op": "explode", "product_id": "p", "version": 1}).encode(), "unknown op 'explode'"),
+        (json.dumps({"op": "upsert", "product_id": "p", "version": 1, "title": "x", "price": "cheap"}).encode(), "'price' must be a number"),
+        (json.dumps({"op": "upsert", "product_id": "p", "version": 1}).encode(), "'title' is required"),
+        (b"", "empty message"),
+    ],
+)
+def test_bad_events_are_dead_lettered_and_the_rest_indexed(pipeline, catalog, raw, reason):
+    batch = [*messages(catalog[0]), IncomingMessage(raw, b"bad"), *messages(catalog[1])]
+    outcome = pipeline.process(batch)
+    assert outcome.counts["indexed"] == 2
+    assert len(outcome.dead_letters) == 1
+    letter = outcome.dead_letters[0]
+    assert letter.message.value == raw and reason in letter.reason
+
+
+def _enormous_png() -> bytes:
+    """A real 9000 x 9000 PNG that compresses to a few kB: over the default 40 Mpixel limit."""
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content, uri, code",
+    [
+        (None, "images/missing.jpg", "not_found"),
+        (b"this is not an image", "images/text.jpg", "not_an_image"),
+        ("truncate", "images/truncated.jpg", "truncated"),
+        (_enormous_png(), "images/huge.png", "too_many_pixels"),
+        (None, "/etc/passwd", "outside_media_root"),
+    ],
+)
+def test_failed_image_still_indexes_the_text(pipeline, catalog, settings, content, uri, code):
+    media_root = Path(settings.media_root)
+    if content == "truncate":
+        content = (media_root / catalog[0].image_uris[0].removeprefix("file://")).read_bytes()[:400]
+    if content is not None:
+        (media_root / uri).write_bytes(content)
+    broken = catalog[0].derive(image_uris=[uri])
+    outcome = pipeline.process(messages(broken, catalog[1]))
+    assert outcome.counts["indexed"] == 2
+    point = pipeline.store.get(broken.product_id, with_vectors=True)
+    assert set(point.vector) == {"text", "fused"}
+    assert point.payload["modalities"] == ["text"]
+    assert code in point.payload["errors"]["image"]
+    assert [letter.reason.split(":")[0] for letter in outcome.dead_letters] == ["image"]
+    assert code in outcome.dead_letters[0].reason
+    assert set(pipeline.store.get(catalog[1].product_id, with_vectors=True).vector) == {"text", "image", "fused"}
+
+
+def test_fused_vectors_rank_same_category_first(pipeline, catalog):
+    pipeline.process(messages(*catalog))
+    hits = 0
+    for event in catalog:
+        vector = pipeline.store.vector(event.product_id, "fused")
+        top = pipeline.store.search("fused", vector, 1, exclude_product_id=event.product_id)[0]
+        hits += top.payload["category"][-1] == event.category[-1]
+    random_rate = 1 / 30  # the demo catalog spreads products over 30 article types
+    assert hits / len(catalog) > 5 * random_rate
