@@ -114,10 +114,11 @@ class FusionModel:
     ) -> dict[str, np.ndarray | None]:
         """Encoder vectors -> unit vectors in the shared space; None stays None (absent modality)."""
         given = {"text": text, "image": image, "video": video}
-        return {
-            m: None if x is None else self._heads[m].run({m: np.asarray(x, np.float32)})["embedding"]
-            for m, x in given.items()
-        }
+        return {m: None if x is None else self._project(m, x) for m, x in given.items()}
+
+    def _project(self, modality: str, x: np.ndarray) -> np.ndarray:
+        head = self._heads[modality]  # a tied head (video -> image) names its input after its own modality
+        return head.run({head.input_names[0]: np.asarray(x, np.float32)})["embedding"]
 
     def fuse_arrays(
         self,
@@ -130,7 +131,7 @@ class FusionModel:
         a given array is present on every row). Rows with none of the fusion's modalities come
         back with ``present`` False."""
         given = {"text": text, "image": image, "video": video}
-        n = next(len(x) for x in given.values() if x is not None)
+        n = len(present_mask) if present_mask is not None else next(len(x) for x in given.values() if x is not None)
         if present_mask is None:
             present_mask = np.stack([np.full(n, given[m] is not None) for m in MODALITIES], axis=1)
         columns = [MODALITIES.index(m) for m in self.fusion_modalities]
@@ -145,17 +146,8 @@ class FusionModel:
     def fuse(self, batch: Mapping[str, ModalityBatch]) -> dict[str, ModalityBatch]:
         """The named vectors to store: each present modality in the shared space, and ``fused``."""
         n = len(next(iter(batch.values())).present)
-        absent = ModalityBatch(np.zeros((n, 0), np.float32), np.zeros(n, bool))
-        full = {m: batch.get(m, absent) for m in MODALITIES}
-        arrays = {
-            m: np.where(b.present[:, None], b.vectors, 0.0).astype(np.float32)
-            for m, b in full.items()
-            if b.present.any() and m in self._heads
-        }
-        mask = np.stack([full[m].present if m in arrays else np.zeros(n, bool) for m in MODALITIES], axis=1)
-        out = {m: ModalityBatch(z, full[m].present) for m, z in self.project(**arrays).items() if z is not None}
-        if n:
-            out["fused"] = self.fuse_arrays(**arrays, present_mask=mask) if arrays else ModalityBatch(
-                np.zeros((n, self.dims["fused"]), np.float32), np.zeros(n, bool)
-            )
+        present = {m: batch[m].present if m in batch else np.zeros(n, bool) for m in MODALITIES}
+        arrays = {m: np.where(present[m][:, None], batch[m].vectors, 0.0) for m in MODALITIES if present[m].any()}
+        out = {m: ModalityBatch(z, present[m]) for m, z in self.project(**arrays).items() if z is not None}
+        out["fused"] = self.fuse_arrays(**arrays, present_mask=np.stack([present[m] for m in MODALITIES], axis=1))
         return out

@@ -1,0 +1,301 @@
+"""Held-out evaluation of every way of making product vectors, on the test split only.
+
+Metrics (a hit shares the query's label; the query itself is never in its own results):
+- item-to-item: ``p@10`` = mean fraction of hits in the top 10; ``map@10`` = mean over queries
+  with at least one relevant item of sum_i P@i * hit_i / min(10, relevant items);
+- text-to-image: each test title against the image vectors of all test products: ``recall@k``
+  = fraction whose own image ranks in the top k, ``mrr`` = mean 1 / rank of the own image,
+  ``p@10_fine`` = fraction of the top 10 images sharing the fine label. Reported also without
+  queries whose title another test product shares (``*_unique_title``): those cannot be told
+  apart from the title. Exact score ties rank by catalog order.
+
+Methods: text only, image only, early fusion (concatenation of normalized vectors), late fusion
+(weighted sum of per-modality cosines, weights chosen on validation), learned fusion and
+autoencoder fusion (the ONNX bundle, as the worker runs it), the mean of the aligned
+projections, the same supervised training on the best single modality (chosen on validation),
+random vectors, and the zero-shot bridge (image -> top ImageNet classes -> text encoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from encoders_onnx.fusion import MODALITIES, FusionModel
+from encoders_onnx.session import l2_normalize
+from exporters.catalog import Catalog, CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
+from exporters.features import DEFAULT_CACHE_DIR, IMAGENET_CLASSES, Features, extract_features, zero_shot_bridge
+
+K = 10
+RECALL_KS = (1, 5, 10)
+LATE_FUSION_STEP = 0.1
+_CHUNK = 2048
+
+
+# -- metrics on hand-checkable inputs ------------------------------------------------------------
+
+
+def precision_at_k(hits: np.ndarray) -> float:
+    """Mean over queries of the fraction of hits in their top k (``hits``: (queries, k) bool)."""
+    return float(hits.mean()) if hits.size else 0.0
+
+
+def average_precision_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> float:
+    """mAP@k with the min(k, relevant) denominator; queries with nothing relevant are skipped."""
+    k = hits.shape[1]
+    precision = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    ap = (precision * hits).sum(axis=1) / np.maximum(np.minimum(n_relevant, k), 1)
+    scored = n_relevant > 0
+    return float(ap[scored].mean()) if scored.any() else 0.0
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """Fraction of queries whose own item ranks at or above k (ranks are 1-based)."""
+    return float((ranks <= k).mean())
+
+
+def mean_reciprocal_rank(ranks: np.ndarray) -> float:
+    return float((1.0 / ranks).mean())
+
+
+# -- retrieval ------------------------------------------------------------------------------------
+
+
+def top_k(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
+    """(queries, k) gallery indices by descending dot product; chunked so memory stays flat.
+
+    k shrinks to the gallery size (less the query itself) on galleries smaller than k.
+    """
+    k = min(k, len(gallery) - int(exclude_self))
+    out = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), _CHUNK):
+        sims = queries[start : start + _CHUNK] @ gallery.T
+        if exclude_self:
+            rows = np.arange(len(sims))
+            sims[rows, start + rows] = -np.inf
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.lexsort((part, -np.take_along_axis(sims, part, axis=1)), axis=1)
+        out[start : start + len(sims)] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def own_ranks(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """1-based rank of gallery row i for query row i; ties go to the earlier catalog row."""
+    ranks = np.empty(len(queries), np.int64)
+    for start in range(0, len(queries), _CHUNK):
+        sims = queries[start : start + _CHUNK] @ gallery.T
+        rows = np.arange(len(sims))
+        own = sims[rows, start + rows][:, None]
+        earlier = np.arange(gallery.shape[0])[None, :] < (start + rows)[:, None]
+        ranks[start : start + len(sims)] = 1 + (sims > own).sum(axis=1) + ((sims == own) & earlier).sum(axis=1)
+    return ranks
+
+
+def item_to_item(vectors: np.ndarray, labels: np.ndarray, k: int = K) -> dict[str, float]:
+    """Each item queries all the others; a hit shares its label."""
+    hits = labels[top_k(vectors, vectors, k, exclude_self=True)] == labels[:, None]
+    counts = np.bincount(labels)[labels] - 1
+    return {f"p@{k}": precision_at_k(hits), f"map@{k}": average_precision_at_k(hits, counts)}
+
+
+def text_to_image(
+    queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray | None = None, rows: np.ndarray | None = None
+) -> dict[str, float]:
+    """Row i of ``queries`` (a title) should find row i of ``gallery`` (its product's image).
+
+    ``rows`` keeps only some queries; the gallery always holds every product.
+    """
+    rows = np.ones(len(queries), bool) if rows is None else rows
+    ranks = own_ranks(queries, gallery)[rows]
+    out = {f"recall@{k}": recall_at_k(ranks, k) for k in RECALL_KS}
+    out["mrr"] = mean_reciprocal_rank(ranks)
+    if labels is not None:
+        hits = labels[top_k(queries[rows], gallery, K, exclude_self=False)] == labels[rows][:, None]
+        out[f"p@{K}_fine"] = precision_at_k(hits)
+    return out
+
+
+T2I_NAMES = (*(f"recall@{k}" for k in RECALL_KS), "mrr", f"p@{K}_fine")
+
+
+def method_metrics(
+    vectors: np.ndarray,
+    fine: np.ndarray,
+    coarse: np.ndarray,
+    t2i: tuple[np.ndarray, np.ndarray] | None = None,
+    unique_title: np.ndarray | None = None,
+) -> dict[str, float | None]:
+    """All metric names for one method; text-to-image is None where the method has no shared space."""
+    out: dict[str, float | None] = {}
+    for level, labels in (("fine", fine), ("coarse", coarse)):
+        out.update({f"{name}_{level}": v for name, v in item_to_item(vectors, labels).items()})
+    variants = {"": None} if unique_title is None else {"": None, "_unique_title": unique_title}
+    for suffix, rows in variants.items():
+        values = text_to_image(*t2i, fine, rows) if t2i is not None else dict.fromkeys(T2I_NAMES)
+        out.update({f"t2i_{name}{suffix}": v for name, v in values.items()})
+    return out
+
+
+def bundle_metrics(model: FusionModel, features: Features, fine: np.ndarray, coarse: np.ndarray) -> dict[str, float]:
+    """The headline numbers of a bundle on one split (recorded in ``bundle.json`` by training)."""
+    fused = _fused(model, features)
+    z = model.project(text=features.vectors["text"], image=features.vectors["image"])
+    both = features.present["text"] & features.present["image"]
+    out = {f"fused_{n}_{lvl}": v for lvl, y in (("fine", fine), ("coarse", coarse)) for n, v in item_to_item(fused, y).items()}
+    out.update({f"t2i_{n}": v for n, v in text_to_image(z["text"][both], z["image"][both], fine[both]).items()})
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def _fused(model: FusionModel, features: Features) -> np.ndarray:
+    n = len(features.present["text"])
+    present = np.stack([features.present.get(m, np.zeros(n, bool)) for m in MODALITIES], axis=1)
+    return model.fuse_arrays(**features.vectors, present_mask=present).vectors
+
+
+# -- the methods --------------------------------------------------------------------------------
+
+
+def _weighted_concat(features: Features, weights: Mapping[str, float]) -> np.ndarray:
+    """[sqrt(w_m) * v_m]: its dot product is sum_m w_m cos_m, i.e. late fusion of cosine scores."""
+    return np.concatenate([np.sqrt(w) * features.vectors[m] for m, w in weights.items()], axis=1)
+
+
+def _late_fusion_weights(val: Features, fine: np.ndarray) -> dict[str, float]:
+    """Weights on a 0.1 grid of the simplex, picked by validation precision@10 (never on test)."""
+    modalities = val.modalities
+    steps = int(round(1 / LATE_FUSION_STEP))
+    grid = [c for c in itertools.product(range(steps + 1), repeat=len(modalities)) if sum(c) == steps]
+    scored = []
+    for combo in grid:
+        weights = {m: c / steps for m, c in zip(modalities, combo)}
+        scored.append((item_to_item(_weighted_concat(val, weights), fine)[f"p@{K}"], combo, weights))
+    return max(scored, key=lambda s: (s[0], s[1]))[2]
+
+
+def _random_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    return l2_normalize(np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32))
+
+
+def _unique_titles(catalog: Catalog, index: np.ndarray) -> np.ndarray:
+    """True where no other product of ``index`` has the same (case-folded) title."""
+    titles = [catalog.products[i].title.casefold().strip() for i in index]
+    _, inverse, counts = np.unique(titles, return_inverse=True, return_counts=True)
+    return counts[inverse] == 1
+
+
+def _supervised_single(
+    model: FusionModel, features: Features, split: Mapping[str, np.ndarray], fine: np.ndarray, modality: str, seed: int
+) -> np.ndarray:
+    """Test vectors of the bundle's own fusion training run on one modality's projection only."""
+    from exporters.train import TrainConfig, fit_single_modality, fuse_single  # torch only for this baseline
+
+    projected = {p: {modality: model.project(**{modality: features.vectors[modality][split[p]]})[modality]}
+                 for p in ("train", "val", "test")}
+    labels = {p: fine[split[p]] for p in ("train", "val")}
+    fusion = fit_single_modality({p: projected[p] for p in ("train", "val")}, labels, TrainConfig(**model.manifest["config"]), seed)
+    return fuse_single(fusion, projected["test"][modality])
+
+
+def evaluate(
+    catalog: str | Path | Catalog,
+    mapping: CatalogMapping | None,
+    model_dir: str | Path,
+    bundle_dir: str | Path,
+    seed: int = 0,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    providers: str = "cpu",
+    classes_path: str | Path = IMAGENET_CLASSES,
+    single_modality_baseline: bool = True,
+) -> dict[str, Any]:
+    """One metrics object per method on the test split (see the module docstring)."""
+    cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog, mapping)
+    split = cat.split(seed)
+    fine_all, coarse_all = cat.labels("fine"), cat.labels("coarse")
+    features = extract_features(cat, model_dir, cache_dir, providers=providers)
+    test, val = features.rows(split["test"]), features.rows(split["val"])
+    fine, coarse = fine_all[split["test"]], coarse_all[split["test"]]
+    unique = _unique_titles(cat, split["test"])
+    learned = FusionModel(bundle_dir, providers)
+    autoencoder = FusionModel(bundle_dir, providers, fusion="autoencoder")
+    z = learned.project(**{m: test.vectors[m] for m in test.modalities})
+    bridge = zero_shot_bridge(cat, split["test"], model_dir, cache_dir, classes_path, providers)
+    n = len(fine)
+
+    def row(vectors: np.ndarray, t2i: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float | None]:
+        return method_metrics(vectors, fine, coarse, t2i, unique)
+
+    methods: dict[str, dict[str, float | None]] = {}
+    for m in test.modalities:
+        methods[f"{m}_only"] = row(test.vectors[m])
+    equal = {m: 1.0 / len(test.modalities) for m in test.modalities}
+    methods["early_fusion"] = row(l2_normalize(_weighted_concat(test, equal)))
+    weights = _late_fusion_weights(val, fine_all[split["val"]])
+    methods["late_fusion"] = row(_weighted_concat(test, weights))
+    methods["learned_fusion"] = row(_fused(learned, test), (z["text"], z["image"]))
+    methods["autoencoder_fusion"] = row(_fused(autoencoder, test))
+    methods["projection_mean"] = row(l2_normalize(sum(z[m] * test.present[m][:, None] for m in test.modalities)))
+    best_single = max(test.modalities, key=lambda m: item_to_item(val.vectors[m], fine_all[split["val"]])[f"p@{K}"])
+    if single_modality_baseline:
+        methods[f"supervised_{best_single}_only"] = row(
+            _supervised_single(learned, features, split, fine_all, best_single, seed)
+        )
+    methods["random"] = row(_random_vectors(n, learned.dim, seed), (_random_vectors(n, learned.dim, seed + 1),
+                                                                    _random_vectors(n, learned.dim, seed + 2)))
+    methods["zero_shot_bridge"] = row(bridge, (test.vectors["text"], bridge))
+    return {
+        "dataset": str(cat.path),
+        "split": "test",
+        "split_seed": seed,
+        "test_products": n,
+        "test_queries_unique_title": int(unique.sum()),
+        "bundle_version": learned.version,
+        "late_fusion_weights_from_val": weights,
+        "best_single_modality_on_val": best_single,
+        "methods": [{"method": name, **{k: _round(v) for k, v in metrics.items()}} for name, metrics in methods.items()],
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+TABLE_COLUMNS = ("p@10_fine", "map@10_fine", "p@10_coarse", "map@10_coarse",
+                 "t2i_recall@1", "t2i_recall@5", "t2i_recall@10", "t2i_mrr", "t2i_p@10_fine",
+                 "t2i_recall@10_unique_title", "t2i_mrr_unique_title")
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """A Markdown table of the report (the README shows it)."""
+    lines = ["| method | " + " | ".join(TABLE_COLUMNS) + " |", "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
+    for m in report["methods"]:
+        cells = ["-" if m[c] is None else f"{m[c]:.3f}" for c in TABLE_COLUMNS]
+        lines.append(f"| {m['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``shelfstream eval`` (the CLI adds this parser and calls :func:`run_eval`)."""
+    add_catalog_arguments(parser)
+    parser.add_argument("--model-dir", default="models", help="folder of the exported encoders")
+    parser.add_argument("--bundle", help="fusion bundle folder (default: MODEL_DIR/fusion)")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache folder")
+    parser.add_argument("--seed", type=int, default=0, help="split seed (the one training used)")
+    parser.add_argument("--providers", default="cpu", help="onnxruntime providers")
+    parser.add_argument("--classes", default=str(IMAGENET_CLASSES), help="ImageNet class names (JSON list)")
+    parser.add_argument("--no-single-baseline", action="store_true",
+                        help="skip training the best-single-modality baseline (needs torch)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    report = evaluate(
+        args.dataset, mapping_from_args(args), args.model_dir, args.bundle or str(Path(args.model_dir) / "fusion"),
+        args.seed, args.cache_dir, args.providers, args.classes, not args.no_single_baseline,
+    )
+    print(json.dumps(report, indent=2) if args.json else format_table(report), flush=True)
+    return report

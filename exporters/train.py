@@ -1,0 +1,425 @@
+"""Train the alignment heads, the learned fusion and the autoencoder fusion; export them as one bundle.
+
+Stages (each timed and printed):
+1. features: the frozen ONNX encoders over the catalog (cached, see exporters.features);
+2. heads: one linear head per modality, symmetric InfoNCE on each product's modality pairs,
+   early-stopped on validation text->image recall@10;
+3. fusion: an MLP over the frozen projections + presence mask, supervised-contrastive on the
+   fine label, with modality dropout, early-stopped on validation precision@10 (fine);
+4. autoencoder: label-free fusion, early-stopped on validation reconstruction loss;
+5. export: every graph through the shared ``export_onnx`` (torch vs onnxruntime check), then
+   ``bundle.json`` with the version, dims, training data summary and val/test metrics.
+
+Only the train split is learned from; validation picks the epoch; test is only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from encoders_onnx.fusion import BUNDLE_MANIFEST, FusionModel
+from exporters.catalog import Catalog, CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
+from exporters.evaluate import bundle_metrics, item_to_item, text_to_image
+from exporters.features import DEFAULT_CACHE_DIR, Features, extract_features
+from exporters.heads import (
+    AlignmentHeads,
+    FusionAutoencoder,
+    FusionMLP,
+    ProjectAndFuse,
+    info_nce,
+    masked_reconstruction,
+    supervised_contrastive,
+)
+from exporters.onnx_export import atomic_write, export_onnx
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of training; recorded in the bundle and part of its version."""
+
+    shared_dim: int = 256
+    hidden: int = 1024
+    fused_dim: int = 256
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 40
+    patience: int = 4
+    temperature: float = 0.07  # initial InfoNCE temperature (learned)
+    supcon_temperature: float = 0.1
+    head_supcon_weight: float = 0.0  # optional supervised category loss on the heads
+    modality_dropout: float = 0.3
+    dropout: float = 0.1
+    ae_bottleneck: int = 256
+    threads: int = 2
+
+
+@dataclass
+class Trained:
+    """The trained torch modules and how each stage went."""
+
+    heads: AlignmentHeads
+    fusion: FusionMLP
+    autoencoder: FusionAutoencoder
+    history: dict[str, dict[str, Any]]
+
+
+def seed_everything(seed: int, threads: int) -> torch.Generator:
+    """Same seed and thread count -> same weights: deterministic kernels, a seeded generator."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    return torch.Generator().manual_seed(seed)
+
+
+def fit(features: Features, fine: np.ndarray, split: Mapping[str, np.ndarray], config: TrainConfig, seed: int = 0) -> Trained:
+    """All three models on the train split, each early-stopped on the val split."""
+    generator = seed_everything(seed, config.threads)
+    train, val = features.rows(split["train"]), features.rows(split["val"])
+    history: dict[str, dict[str, Any]] = {}
+    heads, history["heads"] = fit_heads(train, val, fine[split["train"]], config, generator)
+    projected = {name: _project(heads, part) for name, part in (("train", train), ("val", val))}
+    fusion, history["fusion"] = fit_fusion(
+        projected["train"], _mask(train), fine[split["train"]],
+        projected["val"], _mask(val), fine[split["val"]], config, generator,
+    )
+    autoencoder, history["autoencoder"] = fit_autoencoder(train, val, config, generator)
+    return Trained(heads, fusion, autoencoder, history)
+
+
+def fit_heads(
+    train: Features, val: Features, labels: np.ndarray, config: TrainConfig, generator: torch.Generator
+) -> tuple[AlignmentHeads, dict[str, Any]]:
+    """Linear heads; loss = symmetric InfoNCE over every modality pair a product has."""
+    modalities = train.modalities
+    heads = AlignmentHeads(train.dims, config.shared_dim, config.temperature)
+    x = {m: torch.from_numpy(train.vectors[m]) for m in modalities}
+    has = {m: torch.from_numpy(train.present[m]) for m in modalities}
+    y = torch.from_numpy(labels)
+    pairs = list(itertools.combinations(modalities, 2))
+
+    def loss(batch: Tensor) -> Tensor:
+        z = heads({m: x[m][batch] for m in modalities})
+        terms = []
+        for a, b in pairs:
+            rows = has[a][batch] & has[b][batch]
+            if int(rows.sum()) > 1:
+                terms.append(info_nce(z[a][rows], z[b][rows], heads.scale))
+        if config.head_supcon_weight:
+            rows = [has[m][batch] for m in modalities]
+            pooled = torch.cat([z[m][r] for m, r in zip(modalities, rows)])
+            pooled_y = torch.cat([y[batch][r] for r in rows])
+            terms.append(config.head_supcon_weight * supervised_contrastive(pooled, pooled_y, config.supcon_temperature))
+        return torch.stack(terms).sum()
+
+    def score() -> float:
+        z = _project(heads, val)
+        both = val.present["text"] & val.present["image"]
+        return text_to_image(z["text"][both], z["image"][both])["recall@10"]
+
+    return heads, _train_loop("heads", heads, loss, len(train.present["text"]), score, config, generator)
+
+
+def fit_fusion(
+    train_z: Mapping[str, np.ndarray],
+    train_present: np.ndarray,
+    train_labels: np.ndarray,
+    val_z: Mapping[str, np.ndarray],
+    val_present: np.ndarray,
+    val_labels: np.ndarray,
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[FusionMLP, dict[str, Any]]:
+    """Supervised-contrastive fusion of the given projections (also the single-modality baseline)."""
+    modalities = tuple(train_z)
+    fusion = FusionMLP(modalities, config.shared_dim, config.hidden, config.fused_dim, config.dropout)
+    z = [torch.from_numpy(train_z[m]) for m in modalities]
+    present = torch.from_numpy(train_present.astype(np.float32))
+    y = torch.from_numpy(train_labels)
+
+    def loss(batch: Tensor) -> Tensor:
+        mask = _drop_modalities(present[batch], config.modality_dropout, generator)
+        return supervised_contrastive(fusion([v[batch] for v in z], mask), y[batch], config.supcon_temperature)
+
+    val_inputs = [torch.from_numpy(val_z[m]) for m in modalities]
+    val_mask = torch.from_numpy(val_present.astype(np.float32))
+
+    def score() -> float:
+        fused = fusion(val_inputs, val_mask).numpy()
+        return item_to_item(fused, val_labels)["p@10"]
+
+    history = _train_loop("fusion", fusion, loss, len(y), score, config, generator)
+    return fusion, history
+
+
+def fit_autoencoder(
+    train: Features, val: Features, config: TrainConfig, generator: torch.Generator
+) -> tuple[FusionAutoencoder, dict[str, Any]]:
+    """Denoising autoencoder: rebuild every present modality from a code made with some dropped."""
+    ae = FusionAutoencoder(train.dims, config.hidden, config.ae_bottleneck)
+    x = [torch.from_numpy(train.vectors[m]) for m in train.modalities]
+    present = torch.from_numpy(_mask(train).astype(np.float32))
+
+    def loss(batch: Tensor) -> Tensor:
+        inputs = [v[batch] for v in x]
+        code = ae.encode(inputs, _drop_modalities(present[batch], config.modality_dropout, generator))
+        return masked_reconstruction(ae.decode(code), inputs, present[batch])
+
+    val_x = [torch.from_numpy(val.vectors[m]) for m in val.modalities]
+    val_present = torch.from_numpy(_mask(val).astype(np.float32))
+
+    def score() -> float:
+        return -float(masked_reconstruction(ae.decode(ae.encode(val_x, val_present)), val_x, val_present))
+
+    return ae, _train_loop("autoencoder", ae, loss, len(present), score, config, generator)
+
+
+def _train_loop(
+    name: str,
+    model: nn.Module,
+    loss_fn: Callable[[Tensor], Tensor],
+    n_train: int,
+    score: Callable[[], float],
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """AdamW over shuffled batches; keep the weights of the best validation score; stop after
+    ``patience`` epochs without improvement."""
+    started = time.perf_counter()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    best, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
+    epoch = 0
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        for batch in torch.randperm(n_train, generator=generator).split(config.batch_size):
+            if len(batch) < 2:
+                continue
+            optimizer.zero_grad()
+            loss_fn(batch).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            current = score()
+        if current > best:
+            best, best_epoch, best_state = current, epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    seconds = time.perf_counter() - started
+    print(f"{name}: best val {best:.4f} at epoch {best_epoch} of {epoch} ({seconds:.1f} s)", flush=True)
+    return {"val_score": best, "best_epoch": best_epoch, "epochs": epoch, "seconds": round(seconds, 2)}
+
+
+def _drop_modalities(present: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """Modality dropout: hide each present modality with probability ``p``, never all of a row's."""
+    keep = (torch.rand(present.shape, generator=generator) >= p).float() * present
+    emptied = keep.sum(dim=1, keepdim=True) == 0
+    return torch.where(emptied, present, keep)
+
+
+def _mask(features: Features) -> np.ndarray:
+    """(n, k) presence in the features' modality order."""
+    return np.stack([features.present[m] for m in features.modalities], axis=1)
+
+
+@torch.no_grad()
+def _project(heads: AlignmentHeads, features: Features) -> dict[str, np.ndarray]:
+    heads.eval()
+    return {m: heads.heads[m](torch.from_numpy(features.vectors[m])).numpy() for m in features.modalities}
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+class _Head(nn.Module):
+    """A projection head whose graph input is named after its modality (``text``, ``image``, ...)."""
+
+    def __init__(self, heads: AlignmentHeads, modality: str) -> None:
+        super().__init__()
+        self.head = heads.heads[modality]
+        self.modality = modality
+
+    def forward(self, text: Tensor | None = None, image: Tensor | None = None, video: Tensor | None = None) -> Tensor:
+        return self.head({"text": text, "image": image, "video": video}[self.modality])
+
+
+def export_bundle(
+    trained: Trained, features: Features, out_dir: Path, config: TrainConfig, extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Every graph through the shared export (checked against torch), then ``bundle.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    samples = {m: nn.functional.normalize(torch.randn(5, d, generator=generator), dim=1) for m, d in features.dims.items()}
+    batch_axis = {0: "batch"}
+    manifests: dict[str, dict[str, Any]] = {}
+    for m in features.modalities:
+        manifests[f"{m}_head"] = export_onnx(
+            _Head(trained.heads, m), {m: samples[m]}, ["embedding"], {m: batch_axis, "embedding": batch_axis},
+            out_dir, f"{m}_head", source=f"shelfstream linear {m} head (InfoNCE)",
+        )
+    present = torch.tensor([[1.0] * len(features.modalities)] * 4 + [[1.0] + [0.0] * (len(features.modalities) - 1)])
+    fusion_inputs = {"present": present, **samples}
+    fusion_axes = {name: batch_axis for name in [*fusion_inputs, "fused"]}
+    for name, module in (
+        ("fusion", ProjectAndFuse(trained.heads, trained.fusion)),
+        ("autoencoder", ProjectAndFuse(None, trained.autoencoder)),
+    ):
+        manifests[name] = export_onnx(
+            module, fusion_inputs, ["fused"], fusion_axes, out_dir, name, source=f"shelfstream {name} fusion",
+        )
+    # Video vectors are pooled image-encoder frames: without video in training, the image head serves them.
+    heads = {m: {"model": f"{m}_head", "trained": True} for m in features.modalities}
+    if "video" not in heads:
+        heads["video"] = {"model": "image_head", "trained": False, "tied_to": "image"}
+    input_dims = {**features.dims, "video": features.dims.get("video", features.dims["image"])}
+    versions = {name: m["version"] for name, m in manifests.items()}
+    bundle = {
+        "version": hashlib.sha256(json.dumps([versions, dataclasses.asdict(config)], sort_keys=True).encode()).hexdigest()[:12],
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "shared_dim": config.shared_dim,
+        "input_dims": input_dims,
+        "encoders": features.versions,
+        "heads": heads,
+        "fusions": {
+            "learned": {"model": "fusion", "modalities": list(features.modalities),
+                        "loss": "supervised contrastive on the fine label, modality dropout"},
+            "autoencoder": {"model": "autoencoder", "modalities": list(features.modalities),
+                            "loss": "masked reconstruction of the encoder vectors (label-free)"},
+        },
+        "models": versions,
+        "config": dataclasses.asdict(config),
+        "history": trained.history,
+        **extra,
+    }
+    atomic_write(out_dir / BUNDLE_MANIFEST, (json.dumps(bundle, indent=2) + "\n").encode())
+    return bundle
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap a finished bundle folder in; a reader never sees heads of one version beside another's."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{time.time_ns()}")
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old)
+    else:
+        new.rename(target)
+
+
+# -- the stage runner --------------------------------------------------------------------------
+
+
+class _Stages:
+    """Times named stages and prints each as it ends."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._started - sum(self.seconds.values()), 2)
+        print(f"== stage {name}: {self.seconds[name]:.1f} s", flush=True)
+
+    @property
+    def total(self) -> float:
+        return round(time.perf_counter() - self._started, 2)
+
+
+def train(
+    catalog: str | Path | Catalog,
+    mapping: CatalogMapping | None,
+    model_dir: str | Path,
+    out_bundle_dir: str | Path,
+    seed: int = 0,
+    config: TrainConfig = TrainConfig(),
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    providers: str = "cpu",
+) -> dict[str, Any]:
+    """Catalog -> features -> heads, fusion, autoencoder -> ONNX bundle in ``out_bundle_dir``.
+
+    Returns the bundle manifest (also written as ``bundle.json``).
+    """
+    stages = _Stages()
+    cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog, mapping)
+    split = cat.split(seed)
+    features = extract_features(cat, model_dir, cache_dir, providers=providers)
+    stages.done("features")
+    trained = fit(features, cat.labels("fine"), split, config, seed)
+    stages.done("training")
+    out = Path(out_bundle_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.new-") as tmp:
+        staging = Path(tmp) / "bundle"
+        bundle = export_bundle(trained, features, staging, config, {"seed": seed, "training_data": cat.summary(seed)})
+        stages.done("export")
+        metrics = {}
+        for part in ("val", "test"):
+            metrics[part] = bundle_metrics(FusionModel(staging, providers), features.rows(split[part]),
+                                           cat.labels("fine")[split[part]], cat.labels("coarse")[split[part]])
+        bundle["metrics"] = metrics
+        stages.done("metrics")
+        bundle["stage_seconds"] = {**stages.seconds, "total": stages.total}
+        atomic_write(staging / BUNDLE_MANIFEST, (json.dumps(bundle, indent=2) + "\n").encode())
+        _replace_dir(staging, out)
+    print(f"bundle {bundle['version']} -> {out} in {stages.total:.1f} s; test: {json.dumps(metrics['test'])}", flush=True)
+    return bundle
+
+
+def configure_train_parser(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``shelfstream train`` (the CLI adds this parser and calls :func:`run_train`)."""
+    add_catalog_arguments(parser)
+    parser.add_argument("--model-dir", default="models", help="folder of the exported encoders")
+    parser.add_argument("--out", help="bundle folder to write (default: MODEL_DIR/fusion)")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache folder")
+    parser.add_argument("--seed", type=int, default=0, help="split and training seed")
+    parser.add_argument("--providers", default="cpu", help="onnxruntime providers for feature extraction")
+    for f in dataclasses.fields(TrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                            help=f"training knob (default {f.default})")
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    out = args.out or str(Path(args.model_dir) / "fusion")
+    return train(args.dataset, mapping_from_args(args), args.model_dir, out, args.seed, config, args.cache_dir, args.providers)
+
+
+def fit_single_modality(
+    projected: Mapping[str, Mapping[str, np.ndarray]],
+    labels: Mapping[str, np.ndarray],
+    config: TrainConfig,
+    seed: int,
+) -> FusionMLP:
+    """The fusion training on one modality's projection only: the baseline a fusion must beat."""
+    generator = seed_everything(seed, config.threads)
+    (modality,) = projected["train"]
+    ones = {part: np.ones((len(labels[part]), 1), bool) for part in ("train", "val")}
+    fusion, _ = fit_fusion(projected["train"], ones["train"], labels["train"],
+                           projected["val"], ones["val"], labels["val"], config, generator)
+    return fusion
+
+
+def fuse_single(fusion: FusionMLP, z: np.ndarray) -> np.ndarray:
+    """Apply a single-modality fusion to projections (for evaluation)."""
+    with torch.no_grad():
+        return fusion([torch.from_numpy(z)], torch.ones(len(z), 1)).numpy()
+

@@ -1,0 +1,147 @@
+"""Catalog mapping and split; training on synthetic features: deterministic, learns, exports graphs that
+match torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporters.catalog import CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
+
+pytest.importorskip("torch")
+
+from encoders_onnx.fusion import FusionModel  # noqa: E402
+from encoders_onnx.session import l2_normalize  # noqa: E402
+from exporters.evaluate import item_to_item, text_to_image  # noqa: E402
+from exporters.features import Features  # noqa: E402
+from exporters.train import TrainConfig, export_bundle, fit  # noqa: E402
+
+def test_csv_catalog_through_a_mapping(tmp_path: Path) -> None:
+    (tmp_path / "shop.csv").write_text(
+        "sku,name,kind,dept,section\n"
+        "a1,Red Shirt,Shirts,Apparel,Topwear\n"
+        "b2,Blue Jeans,Jeans,Apparel,Bottomwear\n"
+        "a1,Duplicate,Shirts,Apparel,Topwear\n"
+        "c3,,Socks,Apparel,Innerwear\n"
+    )
+    mapping = CatalogMapping(id="sku", title="name", fine=("kind",), coarse=("dept", "section"), image="pics/{sku}.jpg")
+    catalog = load_catalog(tmp_path, mapping)
+    assert catalog.ids == ["a1", "b2", "c3"] and catalog.dropped_duplicates == 1
+    first = catalog.products[0]
+    assert (first.title, first.fine, first.coarse) == ("Red Shirt", "Shirts", "Apparel / Topwear")
+    assert first.image == tmp_path / "pics" / "a1.jpg" and first.video is None
+    assert catalog.labels("coarse").tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match="column 'title' is missing"):
+        load_catalog(tmp_path, CatalogMapping(id="sku"))
+
+
+def test_jsonl_catalog_with_category_path_and_description(tmp_path: Path) -> None:
+    lines = [
+        {"id": 7, "title": "Linen Dress", "text": "Light summer dress", "path": "Women > Dresses > Maxi", "img": "/abs/7.png"},
+        {"id": 8, "title": "Wool Hat", "text": "", "path": "Accessories > Hats", "img": ""},
+    ]
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    mapping = CatalogMapping.from_dict({"description": "text", "fine": "path", "coarse": ["path[:1]"], "image": "img"})
+    a, b = load_catalog(tmp_path / "items.jsonl", mapping).products
+    assert (a.id, a.text, a.fine, a.coarse) == ("7", "Linen Dress. Light summer dress", "Women > Dresses > Maxi", "Women")
+    assert a.image == Path("/abs/7.png") and b.image is None and b.text == "Wool Hat"
+
+
+def test_flags_override_the_mapping_file(tmp_path: Path) -> None:
+    (tmp_path / "m.json").write_text(json.dumps({"title": "productDisplayName", "fine": "articleType"}))
+    parser = argparse.ArgumentParser()
+    add_catalog_arguments(parser)
+    args = parser.parse_args(["--dataset", "x", "--mapping", str(tmp_path / "m.json"), "--fine", "subCategory",
+                              "--coarse", "masterCategory,subCategory"])
+    mapping = mapping_from_args(args)
+    assert mapping.title == "productDisplayName" and mapping.fine == ("subCategory",)
+    assert mapping.coarse == ("masterCategory", "subCategory")
+
+
+def test_split_is_deterministic_disjoint_and_stable_under_growth(tmp_path: Path) -> None:
+    ids = [f"p{i}" for i in range(3000)]
+    (tmp_path / "c.csv").write_text("id,title\n" + "".join(f"{i},t\n" for i in ids))
+    (tmp_path / "grown").mkdir()
+    (tmp_path / "grown" / "c.csv").write_text("id,title\n" + "".join(f"{i},t\n" for i in ["new1", *reversed(ids)]))
+    mapping = CatalogMapping(fine=("title",), image=None)
+    catalog = load_catalog(tmp_path / "c.csv", mapping)
+    split = catalog.split(seed=0)
+    named = {s: {catalog.ids[i] for i in rows} for s, rows in split.items()}
+    assert sum(len(v) for v in named.values()) == len(ids) == len(set().union(*named.values()))
+    assert all(0.07 < len(named[s]) / len(ids) < 0.13 for s in ("val", "test"))
+    assert {s: r.tolist() for s, r in catalog.split(seed=0).items()} == {s: r.tolist() for s, r in split.items()}
+    grown = load_catalog(tmp_path / "grown", mapping)
+    regrown = {s: {grown.ids[i] for i in rows} for s, rows in grown.split(seed=0).items()}
+    assert all(named[s] <= regrown[s] for s in named)
+    assert {catalog.ids[i] for i in catalog.split(seed=1)["test"]} != named["test"]
+
+
+SMALL = TrainConfig(shared_dim=32, hidden=64, fused_dim=32, batch_size=64, max_epochs=5, patience=2, ae_bottleneck=32)
+
+
+def synthetic(n: int = 500, classes: int = 12, seed: int = 0) -> tuple[Features, np.ndarray, dict[str, np.ndarray]]:
+    """Products with a class and a private latent, seen through two unrelated random 'encoders'."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    latent = 1.5 * rng.standard_normal((classes, 16))[labels] + rng.standard_normal((n, 16))
+    text = l2_normalize(latent @ rng.standard_normal((16, 48)) + 2.0 * rng.standard_normal((n, 48)))
+    image = l2_normalize(latent @ rng.standard_normal((16, 80)) + 2.0 * rng.standard_normal((n, 80)))
+    present = {"text": np.ones(n, bool), "image": rng.random(n) > 0.1}
+    image[~present["image"]] = 0.0
+    order = rng.permutation(n)
+    split = {"train": order[: int(0.8 * n)], "val": order[int(0.8 * n) : int(0.9 * n)], "test": order[int(0.9 * n) :]}
+    return Features({"text": text, "image": image}, present, {"text": "t1", "image": "i1"}), labels, split
+
+
+def test_fixed_seed_gives_identical_models_and_metrics() -> None:
+    features, labels, split = synthetic()
+    first = fit(features, labels, split, SMALL, seed=3)
+    second = fit(features, labels, split, SMALL, seed=3)
+    assert _scores(first.history) == _scores(second.history)
+    for a, b in ((first.heads, second.heads), (first.fusion, second.fusion), (first.autoencoder, second.autoencoder)):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert np.array_equal(x.numpy(), y.numpy()), name
+    other = fit(features, labels, split, SMALL, seed=4)
+    assert _scores(other.history) != _scores(first.history)
+
+
+def _scores(history: dict) -> dict:
+    """Everything but wall time."""
+    return {stage: {k: v for k, v in h.items() if k != "seconds"} for stage, h in history.items()}
+
+
+def test_training_learns_alignment_and_fusion_beats_chance() -> None:
+    features, labels, split = synthetic()
+    trained = fit(features, labels, split, SMALL, seed=0)
+    chance_recall = 10 / len(split["val"])
+    assert trained.history["heads"]["val_score"] > 3 * chance_recall
+    assert trained.history["fusion"]["val_score"] > 3 / 12  # p@10 on 12 balanced classes: chance ~ 1/12
+
+
+def test_exported_bundle_matches_torch_and_handles_missing_modalities(tmp_path: Path) -> None:
+    features, labels, split = synthetic()
+    trained = fit(features, labels, split, SMALL, seed=0)
+    bundle = export_bundle(trained, features, tmp_path, SMALL, {"seed": 0})
+    for name in ("text_head", "image_head", "fusion", "autoencoder"):
+        manifest = json.loads((tmp_path / f"{name}.manifest.json").read_text())
+        assert manifest["max_abs_diff"] <= 1e-4
+        assert manifest["inputs"][0]["shape"][0] == "batch"
+    assert bundle["heads"]["video"] == {"model": "image_head", "trained": False, "tied_to": "image"}
+
+    model = FusionModel(tmp_path, providers="cpu")
+    test = features.rows(split["test"])
+    torch_z = {m: trained.heads.heads[m](__import__("torch").from_numpy(test.vectors[m])).detach().numpy()
+               for m in ("text", "image")}
+    z = model.project(text=test.vectors["text"], image=test.vectors["image"])
+    assert z["video"] is None
+    for m in ("text", "image"):
+        np.testing.assert_allclose(z[m], torch_z[m], atol=1e-5)
+    assert text_to_image(z["text"], z["image"])["recall@10"] > 0
+    mask = np.stack([test.present["text"], test.present["image"], np.zeros(len(test.present["text"]), bool)], axis=1)
+    fused = model.fuse_arrays(text=test.vectors["text"], image=test.vectors["image"], present_mask=mask)
+    assert fused.present.all() and fused.vectors.shape == (len(mask), 32)
+    assert item_to_item(fused.vectors, labels[split["test"]])["p@10"] > 2 / 12
