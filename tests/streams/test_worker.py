@@ -1,0 +1,80 @@
+"""The whole path on real services: events published to the tansu broker, the Faust worker in its
+own process, Redis, and Qdrant local mode; asserted on what ends up in Qdrant and on the
+dead-letter topic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streams.app import REASON_HEADER
+from streams.kafka import read_topic
+from streams.publish import publish_events, publish_raw
+from streams.models import load_models
+from streams.runner import WorkerProcess
+from streams.search import QueryError, get_json, query_request, run_query
+from streams.settings import Settings
+from streams.store import ProductStore, SearchFilters
+
+pytestmark = pytest.mark.integration
+
+JOIN_AND_INDEX_S = 180
+
+
+def test_worker_indexes_updates_deletes_and_dead_letters(settings: Settings, catalog, tmp_path: Path):
+    products = catalog[:24]
+    malformed = b'{"op": "upsert", "product_id": "broken", "version": '
+    with WorkerProcess(settings, tmp_path / "worker.log") as worker:
+        publish_events(settings, products[:12])
+        publish_raw(settings, [(b"broken", malformed)])
+        publish_events(settings, products[12:])
+        stats = worker.wait_until(lambda s: s["points"] == len(products), JOIN_AND_INDEX_S, "every product indexed")
+        assert stats["counts"]["encoded_text"] == len(products)
+        assert stats["counts"]["encoded_image"] == len(products)
+
+        letters = read_topic(settings, settings.dead_letter_topic, expected=1)
+        assert [letter.value for letter in letters] == [malformed]
+        assert letters[0].key == b"broken"
+        assert "malformed JSON" in letters[0].headers[REASON_HEADER]
+
+        # a price cut: the payload changes, no encoder runs
+        cut = products[0].derive(version=2, price=10.0)
+        publish_events(settings, [cut])
+        stats = worker.wait_until(lambda s: s["counts"].get("indexed", 0) == len(products) + 1, 60, "the price update")
+        assert stats["counts"]["encoded_text"] == len(products)
+        assert stats["counts"]["encoded_image"] == len(products)
+        assert stats["counts"]["cache_hits_text"] == 1 and stats["counts"]["cache_hits_image"] == 1
+        product = get_json(f"{settings.worker_url}/products/{cut.product_id}")
+        assert product["payload"]["price"] == 10.0 and product["payload"]["version"] == 2
+
+        # queries answer while the worker holds Qdrant local mode
+        similar = run_query(settings, query_request("similar", products[1].product_id, 5, SearchFilters()))
+        assert len(similar) == 5 and products[1].product_id not in {row["product_id"] for row in similar}
+        found = run_query(settings, query_request("text", products[2].title, 3, SearchFilters()))
+        assert found[0]["product_id"] == products[2].product_id
+
+        # a delete removes the point; a replay of the old version does not bring it back
+        publish_raw(settings, [(products[3].product_id.encode(),
+                                json.dumps({"op": "delete", "product_id": products[3].product_id, "version": 2}).encode())])
+        publish_events(settings, [products[3]])
+        worker.wait_until(lambda s: s["counts"].get("deleted", 0) == 1 and s["counts"].get("stale_skipped", 0) >= 1,
+                          60, "the delete and the replay")
+        with pytest.raises(QueryError, match="not indexed"):
+            get_json(f"{settings.worker_url}/products/{products[3].product_id}")
+        assert worker.stats()["points"] == len(products) - 1
+
+    # the worker is gone: Qdrant's folder is free, read every point directly
+    store = ProductStore(settings, load_models(settings).fusion.dims)
+    try:
+        points = {p.payload["product_id"]: p for p in store.all_points()}
+    finally:
+        store.close()
+    expected = {p.product_id: p for p in products if p.product_id != products[3].product_id}
+    assert set(points) == set(expected)
+    for product_id, point in points.items():
+        assert {name: len(vector) for name, vector in point.vector.items()} == {"text": 384, "image": 1280, "fused": 1664}
+        assert point.payload["title"] == expected[product_id].title
+        assert point.payload["category"] == expected[product_id].category
+    assert points[cut.product_id].payload["price"] == 10.0
