@@ -136,7 +136,7 @@ def sample_frames(data: bytes, limits: VideoLimits) -> SampledFrames:
     if len(data) > limits.max_bytes:
         raise VideoError("too_large", f"{len(data)} bytes > {limits.max_bytes}")
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="replace")
     except av.error.FFmpegError as exc:
         raise VideoError("not_a_video", f"no readable video container (unknown format, or cut short): {exc}") from exc
     with container:
@@ -294,9 +294,12 @@ def _video_stream(container: av.container.InputContainer, limits: VideoLimits) -
         raise VideoError("no_video_stream", f"{container.format.name} file without a video stream")
     stream = container.streams.video[0]
     context = stream.codec_context
-    codec = context.codec.canonical_name if context is not None else stream.codec_tag
-    if context is None or codec not in SUPPORTED_CODECS:
-        raise VideoError("unsupported_codec", f"codec {codec!r} is not one of {sorted(SUPPORTED_CODECS)}")
+    if context is None:
+        raise VideoError("unsupported_codec", "this FFmpeg build has no decoder for the stream's codec")
+    if context.codec.canonical_name not in SUPPORTED_CODECS:
+        raise VideoError(
+            "unsupported_codec", f"codec {context.codec.canonical_name!r} is not one of {sorted(SUPPORTED_CODECS)}"
+        )
     if context.width * context.height > limits.max_pixels:
         raise VideoError("too_many_pixels", f"{context.width}x{context.height} > {limits.max_pixels} pixels")
     return stream

@@ -269,6 +269,40 @@ def test_corrupt_packets_mid_stream_keep_the_frames_before(
     assert _error(bytes(clip)).code in ("not_a_video", "decode_error")
 
 
+ERROR_CODES = {"empty", "too_large", "not_a_video", "no_video_stream", "unsupported_codec", "too_many_pixels", "decode_error"}
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_damaged_files_end_with_frames_or_a_documented_error(
+    tmp_path: Path, products: list[dict[str, str]], codec: str
+) -> None:
+    """Flipped bytes, cuts at any point, overwritten runs: never a crash, a hang or a stray exception."""
+    if not codec_available(codec):
+        pytest.skip(f"this PyAV wheel has no {CODECS[codec][0]} encoder to make a {codec} clip")
+    clip = _clip(tmp_path, [_photo(p) for p in products[11:13]], codec)
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for trial in range(45):
+        data = bytearray(clip)
+        if trial % 3 == 0:
+            for position in rng.integers(0, len(data), rng.integers(1, 20)):
+                data[position] = rng.integers(0, 256)
+        elif trial % 3 == 1:
+            del data[rng.integers(0, len(data)) :]
+        else:
+            start = rng.integers(0, len(data))
+            data[start : start + 500] = rng.bytes(len(data[start : start + 500]))
+        try:
+            sample = sample_frames(bytes(data), VideoLimits(timeout_s=5))
+        except VideoError as exc:
+            assert exc.code in ERROR_CODES, exc
+            outcomes.add(exc.code)
+        else:
+            assert len(sample.frames) >= 1 and sample.frames.dtype == np.uint8
+            outcomes.add((sample.partial or "complete").split(":")[0])
+    assert len(outcomes) >= 2  # the damage did reach the decoder, not only the happy path
+
+
 def test_limits_on_duration_frames_size_pixels_and_time(tmp_path: Path, products: list[dict[str, str]]) -> None:
     clip = _clip(tmp_path, [_photo(products[9])], "h264", seconds=3.0, fps=10)
     long = sample_frames(clip, VideoLimits(max_seconds=1.0))  # over the duration: the first second only
