@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = command("bench", cmd_bench, "measure encoder and end-to-end throughput and freshness")
     bench.add_argument("--dataset", type=Path, help="catalog folder (default: ../shared/datasets/myntra-fashion-small)")
     bench.add_argument("-n", type=int, default=2000, help="products (default 2000)")
+    bench.add_argument("--mapping", type=Path, help="column mapping of the dataset (default: demo/catalog/mapping.json)")
     bench.add_argument("--json", action="store_true", help="print only the JSON result")
 
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
@@ -151,7 +152,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> None:
     from streams.bench import run_bench
 
-    result = run_bench(settings, args.dataset, args.n, quiet=args.json)
+    result = run_bench(settings, args.dataset, args.n, quiet=args.json, **({"mapping_path": args.mapping} if args.mapping else {}))
     print(json.dumps(result, indent=None if args.json else 2))
 
 

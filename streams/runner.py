@@ -44,6 +44,10 @@ class WorkerProcess:
     def stats(self) -> dict[str, Any]:
         return get_json(f"{self.settings.worker_url}/stats")
 
+    def stats_reset(self) -> dict[str, Any]:
+        """Counters so far, and a new freshness window from now on."""
+        return get_json(f"{self.settings.worker_url}/stats?reset=1")
+
     def wait_until(self, done: Callable[[dict[str, Any]], bool], timeout_s: float, what: str,
                    poll_s: float = 0.2) -> dict[str, Any]:
         """Poll ``/stats`` until ``done(stats)``; fail with the log's tail if the worker died or
