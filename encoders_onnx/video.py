@@ -28,9 +28,10 @@ Limits and outcomes (``VideoError.code``):
   gives;
 * ``no_video_stream`` (e.g. audio only), ``unsupported_codec`` (not in ``SUPPORTED_CODECS``, or
   no decoder in this build), ``too_many_pixels`` (a frame over ``max_pixels``, header or stream);
-* ``decode_error``: the decoder failed before any frame was decoded;
-* ``timeout``: decoding ran past ``timeout_s`` of wall-clock time. Always an error, never a
-  partial result, so that a vector never depends on how busy the machine was.
+* ``decode_error``: the decoder failed before any frame was decoded, or no frame came out;
+* ``timeout``: decoding ran past ``timeout_s`` of wall-clock time (checked between packets).
+  Always an error, never a partial result, so that a vector never depends on how busy the
+  machine was; it is the only outcome that may differ on a retry.
 
 Partial results are deterministic and flagged in ``SampledFrames.partial``: a video longer than
 ``max_seconds`` is sampled from its first ``max_seconds`` only (``"max_seconds"``); a decoder
