@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from encoders_onnx.fusion import ConcatFusion, Fusion
 from encoders_onnx.image import ImageEncoder
 from encoders_onnx.text import TextEncoder
+from encoders_onnx.video import VideoEncoder, VideoLimits
 from streams.settings import Settings
 
 
@@ -14,14 +15,17 @@ from streams.settings import Settings
 class Models:
     text: TextEncoder
     image: ImageEncoder
+    video: VideoEncoder
     fusion: Fusion
 
     @property
     def versions(self) -> dict[str, str]:
-        return {"text": self.text.version, "image": self.image.version, "fusion": self.fusion.version}
+        return {"text": self.text.version, "image": self.image.version, "video": self.video.version,
+                "fusion": self.fusion.version}
 
 
 def load_models(settings: Settings) -> Models:
     text = TextEncoder(settings.model_dir, providers=settings.providers)
     image = ImageEncoder(settings.model_dir, providers=settings.providers)
-    return Models(text, image, ConcatFusion(text.dim, image.dim, settings.text_weight))
+    video = VideoEncoder(image, VideoLimits.from_settings(settings), settings.video_pooling, settings.batch_size)
+    return Models(text, image, video, ConcatFusion(text.dim, image.dim, settings.text_weight))

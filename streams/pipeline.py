@@ -6,12 +6,15 @@ Correctness rules kept here, in one place:
 - the highest ``version`` per product wins; an older event is skipped and counted, a repeat of
   the stored version changes nothing (replays and backfills are harmless);
 - a delete leaves a tombstone so an older upsert replayed later cannot bring the product back;
-- a modality whose content is unchanged is read from the cache, never re-encoded;
+- a modality whose content is unchanged is read from the cache, never re-encoded; an update
+  whose content (text, image and video bytes, model versions) is unchanged rewrites only the
+  payload: no cache read, no fusion, no vector write;
 - bad input never stops the batch: it becomes a dead letter with its reason.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,14 +24,14 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 from qdrant_client import models
 
-from encoders_onnx.fusion import ModalityBatch
+from encoders_onnx.fusion import MODALITIES, ModalityBatch
 from encoders_onnx.session import l2_normalize
 from streams.cache import FeatureCache, feature_key
 from streams.events import EventError, ProductEvent, parse_event
 from streams.media import MediaError, MediaLimits, content_hash, fetch_bytes, load_image
 from streams.models import Models, load_models
 from streams.settings import Settings
-from streams.store import ProductStore, category_prefixes, point_id
+from streams.store import ProductStore, StoredState, category_prefixes, point_id
 
 T = TypeVar("T")
 
@@ -81,24 +84,29 @@ class Stats:
 
 @dataclass
 class _Product:
-    """An upsert on its way through the batch, with what each modality produced or why it failed."""
+    """An upsert on its way through the batch: its media, vectors, and why a modality failed."""
 
     event: ProductEvent
     message: IncomingMessage
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (uri, content) of those fetched
+    video: tuple[str, bytes] | None = None
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    def fail(self, modality: str, uri: str, reason: str) -> None:
+        """Note a modality's first failure (the payload and the dead letter carry it)."""
+        self.errors.setdefault(modality, f"{uri}: {reason}")
 
 
 class Pipeline:
     def __init__(self, settings: Settings, models: Models, cache: FeatureCache, store: ProductStore) -> None:
         self.settings = settings
         self.models = models
-        self.text_encoder = models.text
-        self.image_encoder = models.image
-        self.fusion = models.fusion
         self.cache = cache
         self.store = store
         self.image_limits = MediaLimits.for_images(settings)
+        self.video_limits = MediaLimits.for_videos(settings)
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
 
     @classmethod
@@ -118,14 +126,14 @@ class Pipeline:
     def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
         outcome = BatchOutcome()
         latest = self._latest_per_product(messages, outcome)
-        current = self._current_versions(list(latest))
+        current = self._current(list(latest))
         upserts: list[_Product] = []
         deletes: dict[str, ProductEvent] = {}
         for product_id, (event, message) in latest.items():
             known = current.get(product_id)
-            if known is not None and event.version < known:
+            if known is not None and event.version < known.version:
                 outcome.counts["stale_skipped"] += 1
-            elif known is not None and event.version == known:
+            elif known is not None and event.version == known.version:
                 outcome.counts["duplicates"] += 1
             elif event.op == "delete":
                 deletes[product_id] = event
@@ -138,8 +146,20 @@ class Pipeline:
             outcome.deleted.extend(deletes)
             outcome.counts["deleted"] += len(deletes)
         if upserts:
-            self._encode(upserts, outcome)
-            self._write(upserts)
+            self._load_media(upserts)
+            unchanged: list[_Product] = []
+            changed: list[_Product] = []
+            for product in upserts:
+                stored = current.get(product.event.product_id)
+                (unchanged if stored is not None and stored.fingerprint == product.fingerprint else changed).append(product)
+            if unchanged:
+                self.store.overwrite_payloads(
+                    {p.event.product_id: self._payload(p, current[p.event.product_id].modalities) for p in unchanged}
+                )
+                outcome.counts["payload_only"] += len(unchanged)
+            if changed:
+                self._encode(changed, outcome)
+                self._write(changed)
             self.cache.clear_tombstones(p.event.product_id for p in upserts)
             outcome.indexed.extend(p.event.product_id for p in upserts)
             outcome.counts["indexed"] += len(upserts)
@@ -176,43 +196,55 @@ class Pipeline:
                 outcome.counts["stale_skipped"] += 1
         return latest
 
-    def _current_versions(self, product_ids: list[str]) -> dict[str, int]:
-        """What is stored or was deleted: the higher of the point's version and the tombstone's."""
-        current = self.store.versions(product_ids)
+    def _current(self, product_ids: list[str]) -> dict[str, StoredState]:
+        """What is stored or was deleted: a tombstone newer than the point wins."""
+        current = self.store.states(product_ids)
         for product_id, version in self.cache.tombstones(product_ids).items():
-            current[product_id] = max(version, current.get(product_id, -1))
+            if product_id not in current or version > current[product_id].version:
+                current[product_id] = StoredState(version)
         return current
 
-    # -- features ------------------------------------------------------------------------------
+    # -- media and features --------------------------------------------------------------------
+
+    def _load_media(self, products: list[_Product]) -> None:
+        """Fetch every image and video of the batch in parallel (bounded by the media limits),
+        then fingerprint each product's content."""
+        wanted: list[tuple[_Product, str, MediaLimits]] = []
+        for product in products:
+            wanted += [(product, uri, self.image_limits) for uri in product.event.image_uris[: self.settings.max_images]]
+            if product.event.video_uri:
+                wanted.append((product, product.event.video_uri, self.video_limits))
+        fetched = self._io.map(lambda item: _attempt(fetch_bytes, item[1], item[2]), wanted)
+        for (product, uri, limits), (data, error) in zip(wanted, fetched):
+            modality = "video" if limits is self.video_limits else "image"
+            if error is not None:
+                product.fail(modality, uri, error)
+            elif modality == "video":
+                product.video = (uri, data)
+            else:
+                product.images.append((uri, data))
+        for product in products:
+            product.fingerprint = content_hash(json.dumps({
+                "models": self.models.versions,
+                "text": product.event.text,
+                "images": [content_hash(data) for _, data in product.images],
+                "video": content_hash(product.video[1]) if product.video else None,
+            }, sort_keys=True).encode())
 
     def _encode(self, products: list[_Product], outcome: BatchOutcome) -> None:
         texts = [p.event.text for p in products]
-        text_vectors = self._cached(
-            "text", self.text_encoder.version, [content_hash(t.encode()) for t in texts], texts,
-            self._encode_texts, outcome,
-        )
+        text_vectors = self._cached("text", self.models.text.version, texts, [t.encode() for t in texts],
+                                    self._encode_texts, outcome)
         for product, vector in zip(products, text_vectors):
             product.vectors["text"] = vector  # text never fails: a blank title is rejected earlier
-        self._encode_images(products, outcome)
 
-    def _encode_texts(self, texts: list[str]) -> list[np.ndarray | str]:
-        return list(self.text_encoder.encode(texts, batch_size=self.settings.batch_size))
-
-    def _encode_images(self, products: list[_Product], outcome: BatchOutcome) -> None:
-        """Fetch every image of the batch in parallel, encode the uncached ones in one batch, and
-        give each product the normalized mean of the images that worked."""
-        wanted = [(p, uri) for p in products for uri in p.event.image_uris[: self.settings.max_images]]
-        fetched = list(self._io.map(lambda item: _attempt(fetch_bytes, item[1], self.image_limits), wanted))
-        loaded = [(product, uri, data) for (product, uri), (data, error) in zip(wanted, fetched)
-                  if not _record_error(product, "image", uri, error)]
-        vectors = self._cached(
-            "image", self.image_encoder.version, [content_hash(data) for _, _, data in loaded],
-            [data for _, _, data in loaded], self._decode_and_encode_images, outcome,
-        )
+        images = [(product, uri, data) for product in products for uri, data in product.images]
+        image_vectors = self._cached("image", self.models.image.version, [d for _, _, d in images],
+                                     [d for _, _, d in images], self._encode_images, outcome)
         per_product: dict[str, list[np.ndarray]] = {}
-        for (product, uri, _), result in zip(loaded, vectors):
+        for (product, uri, _), result in zip(images, image_vectors):
             if isinstance(result, str):
-                _record_error(product, "image", uri, result)
+                product.fail("image", uri, result)
             else:
                 per_product.setdefault(product.event.product_id, []).append(result)
         for product in products:
@@ -220,24 +252,39 @@ class Pipeline:
             if found:
                 product.vectors["image"] = l2_normalize(np.mean(found, axis=0, keepdims=True))[0]
 
-    def _decode_and_encode_images(self, payloads: list[bytes]) -> list[np.ndarray | str]:
+        videos = [p for p in products if p.video is not None]
+        video_vectors = self._cached("video", self.models.video.version, [p.video[1] for p in videos],
+                                     [p.video[1] for p in videos], self._encode_videos, outcome)
+        for product, result in zip(videos, video_vectors):
+            if isinstance(result, str):
+                product.fail("video", product.video[0], result)
+            else:
+                product.vectors["video"] = result
+
+    def _encode_texts(self, texts: list[str]) -> list[np.ndarray | str]:
+        return list(self.models.text.encode(texts, batch_size=self.settings.batch_size))
+
+    def _encode_images(self, payloads: list[bytes]) -> list[np.ndarray | str]:
         decoded = list(self._io.map(lambda data: _attempt(load_image, data, self.settings.max_image_pixels), payloads))
         good = [image for image, error in decoded if error is None]
-        vectors = iter(self.image_encoder.encode(good, batch_size=self.settings.batch_size) if good else [])
+        vectors = iter(self.models.image.encode(good, batch_size=self.settings.batch_size) if good else [])
         return [next(vectors) if error is None else error for _, error in decoded]
+
+    def _encode_videos(self, payloads: list[bytes]) -> list[np.ndarray | str]:
+        return [str(r) if isinstance(r, MediaError) else r.vector for r in self.models.video.encode_many(payloads)]
 
     def _cached(
         self,
         modality: str,
         model_version: str,
-        hashes: list[str],
         inputs: list[T],
+        contents: list[bytes],
         encode: Callable[[list[T]], list[np.ndarray | str]],
         outcome: BatchOutcome,
     ) -> list[np.ndarray | str]:
         """Vectors for ``inputs``: from Redis by content hash, encoding (once per distinct
         content, in one batch) only what is missing. A string result is an error reason."""
-        keys = [feature_key(model_version, modality, h) for h in hashes]
+        keys = [feature_key(model_version, modality, content_hash(c)) for c in contents]
         results: list[np.ndarray | str | None] = list(self.cache.get_many(keys))
         missing: dict[str, int] = {}
         for i, (key, result) in enumerate(zip(keys, results)):
@@ -256,7 +303,8 @@ class Pipeline:
     def _write(self, products: list[_Product]) -> None:
         n = len(products)
         batch: dict[str, ModalityBatch] = {}
-        for modality, dim in (("text", self.text_encoder.dim), ("image", self.image_encoder.dim)):
+        for modality in MODALITIES:
+            dim = self.models.fusion.dims[modality]
             vectors = np.zeros((n, dim), dtype=np.float32)
             present = np.zeros(n, dtype=bool)
             for i, product in enumerate(products):
@@ -264,13 +312,13 @@ class Pipeline:
                     vectors[i] = product.vectors[modality]
                     present[i] = True
             batch[modality] = ModalityBatch(vectors, present)
-        named = self.fusion.fuse(batch)
+        named = self.models.fusion.fuse(batch)
         points = []
         for i, product in enumerate(products):
             vector = {name: b.vectors[i].tolist() for name, b in named.items() if b.present[i]}
+            modalities = sorted(name for name in vector if name in MODALITIES)
             points.append(models.PointStruct(
-                id=point_id(product.event.product_id), vector=vector,
-                payload=self._payload(product, sorted(name for name in vector if name != "fused")),
+                id=point_id(product.event.product_id), vector=vector, payload=self._payload(product, modalities),
             ))
         self.store.upsert(points)
 
@@ -293,6 +341,7 @@ class Pipeline:
             "modalities": modalities,
             "errors": product.errors,
             "model_version": self.models.versions,
+            "fingerprint": product.fingerprint,
         }
 
 
@@ -302,11 +351,3 @@ def _attempt(function: Callable[..., T], *args: object) -> tuple[T | None, str |
         return function(*args), None
     except MediaError as exc:
         return None, str(exc)
-
-
-def _record_error(product: _Product, modality: str, uri: str, error: str | None) -> bool:
-    """Note the first failure of a modality (the payload and the dead letter carry it)."""
-    if error is None:
-        return False
-    product.errors.setdefault(modality, f"{uri}: {error}")
-    return True

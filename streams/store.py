@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -47,6 +47,15 @@ class SearchFilters:
         if exclude_product_id is not None:
             must_not.append(models.HasIdCondition(has_id=[point_id(exclude_product_id)]))
         return models.Filter(must=must or None, must_not=must_not or None) if (must or must_not) else None
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """What the pipeline needs to know of a stored product to order and skip work."""
+
+    version: int
+    fingerprint: str | None = None
+    modalities: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -105,15 +114,30 @@ class ProductStore:
                 persistence.storage.execute("PRAGMA journal_mode=WAL")
                 persistence.storage.execute("PRAGMA synchronous=NORMAL")
 
-    def versions(self, product_ids: Sequence[str]) -> dict[str, int]:
-        """The stored version of each product that has a point."""
+    def states(self, product_ids: Sequence[str]) -> dict[str, StoredState]:
+        """Version, content fingerprint and modalities of each product that has a point."""
         if not product_ids:
             return {}
         with self._lock:
             records = self.client.retrieve(
-                self.collection, [point_id(pid) for pid in product_ids], with_payload=["product_id", "version"]
+                self.collection, [point_id(pid) for pid in product_ids],
+                with_payload=["product_id", "version", "fingerprint", "modalities"],
             )
-        return {r.payload["product_id"]: int(r.payload["version"]) for r in records if r.payload}
+        return {
+            r.payload["product_id"]: StoredState(int(r.payload["version"]), r.payload.get("fingerprint"),
+                                                 list(r.payload.get("modalities", [])))
+            for r in records if r.payload
+        }
+
+    def overwrite_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None:
+        """Replace the payload of points whose vectors stay as they are (e.g. a price change)."""
+        if payloads:
+            operations = [
+                models.OverwritePayloadOperation(overwrite_payload=models.SetPayload(payload=payload, points=[point_id(pid)]))
+                for pid, payload in payloads.items()
+            ]
+            with self._lock:
+                self.client.batch_update_points(self.collection, operations, wait=True)
 
     def upsert(self, points: Sequence[models.PointStruct]) -> None:
         if points:

@@ -46,7 +46,7 @@ def test_products_land_with_named_vectors_and_payload(pipeline, catalog):
         assert payload["category_path"][-1] == " > ".join(event.category)
         assert payload["price"] == event.price and payload["version"] == 1
         assert payload["modalities"] == ["image", "text"] and payload["errors"] == {}
-        assert set(payload["model_version"]) == {"text", "image", "fusion"}
+        assert set(payload["model_version"]) == {"text", "image", "video", "fusion"}
 
 
 def test_price_only_update_reencodes_nothing_and_changes_payload(pipeline, catalog):
@@ -55,7 +55,7 @@ def test_price_only_update_reencodes_nothing_and_changes_payload(pipeline, catal
     updates = [e.derive(version=2, price=123.0) for e in catalog]
     outcome = pipeline.process(messages(*updates))
     assert outcome.counts["encoded_text"] == 0 and outcome.counts["encoded_image"] == 0
-    assert outcome.counts["cache_hits_text"] == len(catalog) and outcome.counts["cache_hits_image"] == len(catalog)
+    assert outcome.counts["payload_only"] == len(catalog)
     for point in pipeline.store.all_points():
         assert point.payload["price"] == 123.0 and point.payload["version"] == 2
         np.testing.assert_allclose(point.vector["fused"], before[point.payload["product_id"]], atol=1e-6)
@@ -65,6 +65,7 @@ def test_title_change_reencodes_only_text(pipeline, catalog):
     pipeline.process(messages(*catalog[:4]))
     outcome = pipeline.process(messages(catalog[0].derive(version=2, title="Completely new title")))
     assert outcome.counts["encoded_text"] == 1 and outcome.counts["encoded_image"] == 0
+    assert outcome.counts["cache_hits_image"] == 1 and outcome.counts["payload_only"] == 0
     assert pipeline.store.get(catalog[0].product_id).payload["title"] == "Completely new title"
 
 
@@ -166,3 +167,13 @@ def test_fused_vectors_rank_same_category_first(pipeline, catalog):
         hits += top.payload["category"][-1] == event.category[-1]
     random_rate = 1 / 30  # the demo catalog spreads products over 30 article types
     assert hits / len(catalog) > 5 * random_rate
+
+
+def test_cache_is_addressed_by_content_not_by_product(pipeline, catalog):
+    pipeline.process(messages(catalog[0]))
+    twin = catalog[0].derive(product_id="twin-of-" + catalog[0].product_id)
+    outcome = pipeline.process(messages(twin))
+    assert outcome.counts["encoded_text"] == 0 and outcome.counts["encoded_image"] == 0
+    assert outcome.counts["cache_hits_text"] == 1 and outcome.counts["cache_hits_image"] == 1
+    np.testing.assert_allclose(pipeline.store.vector(twin.product_id, "fused"),
+                               pipeline.store.vector(catalog[0].product_id, "fused"), atol=1e-6)
