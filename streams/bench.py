@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from encoders_onnx.video import VideoLimits, bench_video
 from streams.cache import FeatureCache
 from streams.events import ProductEvent
 from streams.media import MediaLimits, fetch_bytes, load_image
@@ -50,7 +51,10 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
 
     bench_settings = dataclasses.replace(settings, media_root=str(dataset))
     say(f"[1/4] encoders alone on {n} products (batch {settings.batch_size})")
-    encoder_rate = measure_encoders(bench_settings, load_models(bench_settings), measured)
+    models = load_models(bench_settings)
+    encoder_rate = measure_encoders(bench_settings, models, measured)
+    say("      video: decode + sample + encode of a 5 s 320x240 clip")
+    video = bench_video(models.image, VideoLimits.from_settings(settings), pooling=settings.video_pooling)
 
     state_dir = settings.state_path / "bench"
     shutil.rmtree(state_dir / "qdrant", ignore_errors=True)
@@ -96,6 +100,7 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
         "images_encoded_by_price_updates": encoded_on_update,
         "freshness_p50_ms": round(stats["freshness_p50_ms"], 1),
         "freshness_p99_ms": round(stats["freshness_p99_ms"], 1),
+        **{key: round(value, 1) for key, value in video.items()},
     }
 
 

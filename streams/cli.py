@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from streams.settings import Settings
+from streams.videogen import add_make_videos_arguments, make_videos_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
             what = sub.add_mutually_exclusive_group(required=True)
             what.add_argument("--text", help="free text, e.g. 'red running shoes'")
             what.add_argument("--image", type=Path, help="an image file")
+            what.add_argument("--video", type=Path, help="a video file: matches products' videos and images")
         sub.add_argument("-k", type=int, default=10, help="how many results (default 10)")
         sub.add_argument("--category", help="category path prefix, e.g. 'Apparel > Topwear'")
         sub.add_argument("--price-min", type=float)
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print only the JSON result")
 
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
+    videos = command("make-videos", cmd_make_videos, "make test clips from product images (no real product videos exist here)")
+    add_make_videos_arguments(videos)
     return parser
 
 
@@ -136,8 +140,10 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> None:
         request = query_request("similar", args.product_id, args.k, filters)
     elif args.text is not None:
         request = query_request("text", args.text, args.k, filters)
-    else:
+    elif args.image is not None:
         request = query_request("image", args.image.read_bytes(), args.k, filters)
+    else:
+        request = query_request("video", args.video.read_bytes(), args.k, filters)
     rows = run_query(settings, request)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
 
@@ -160,6 +166,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
     return run_demo(settings)
+
+
+def cmd_make_videos(args: argparse.Namespace, settings: Settings) -> None:
+    make_videos_main(args)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

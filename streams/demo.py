@@ -16,10 +16,12 @@ from streams.runner import WorkerProcess
 from streams.search import query_request, run_query
 from streams.settings import Settings
 from streams.store import SearchFilters
+from streams.videogen import catalog_products, make_videos
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG = REPO / "demo" / "catalog"
 TEXT_QUERIES = ("red running shoes", "women's black handbag")
+VIDEO_PRODUCTS = 20  # products that get a generated clip (no real product video exists here)
 
 
 def run_demo(settings: Settings, catalog: Path = CATALOG) -> int:
@@ -51,6 +53,10 @@ def run_demo(settings: Settings, catalog: Path = CATALOG) -> int:
 def _run(settings: Settings, worker: WorkerProcess, catalog: Path) -> int:
     mapping = load_mapping(str(catalog / "mapping.json"))
     events = list(catalog_events(catalog / "products.csv", mapping, version=1))
+    clips = dict(make_videos(catalog_products(catalog / "products.csv"), catalog / "videos",
+                             codecs=("h264", "vp9"), count=VIDEO_PRODUCTS, seconds=3.0))
+    print(f"made {len(clips)} product clips (h264, vp9) in {catalog / 'videos'}")
+    events = [e.derive(video_uri=clips[e.product_id].as_uri()) if e.product_id in clips else e for e in events]
     report = publish_events(settings, events, total=len(events), progress=True)
     print(report.line(settings.events_topic))
     started = time.monotonic()
@@ -67,6 +73,10 @@ def _run(settings: Settings, worker: WorkerProcess, catalog: Path) -> int:
         print(f"\nsearch {text!r}:")
         print(format_table(run_query(settings, query_request("text", text, 5, SearchFilters()))))
         queries += 1
+    clip_owner, clip = next(iter(clips.items()))
+    print(f"\nsearch by the video of {clip_owner} ({clip.name}):")
+    print(format_table(run_query(settings, query_request("video", clip.read_bytes(), 5, SearchFilters()))))
+    queries += 1
     print("\nsearch 'watch' under 1000 INR in Accessories:")
     print(format_table(run_query(settings, query_request("text", "watch", 5, SearchFilters("Accessories", None, 1000)))))
     queries += 1

@@ -19,7 +19,7 @@ from streams.models import Models, load_models
 from streams.settings import Settings
 from streams.store import Hit, ProductStore, SearchFilters
 
-MODES = ("similar", "text", "image")
+MODES = ("similar", "text", "image", "video")
 
 
 class QueryError(LookupError):
@@ -47,6 +47,17 @@ class Searcher:
         image = load_image(data, self.max_image_pixels)
         return self.store.search("image", self.models.image.encode([image])[0], k, filters)
 
+    def by_video(self, data: bytes, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
+        """Video and image vectors share the image encoder's space: match both, keep each
+        product's best score."""
+        vector = self.models.video.encode(data)
+        best: dict[str, Hit] = {}
+        for using in ("video", "image"):
+            for hit in self.store.search(using, vector, k, filters):
+                if hit.product_id not in best or hit.score > best[hit.product_id].score:
+                    best[hit.product_id] = hit
+        return sorted(best.values(), key=lambda hit: -hit.score)[:k]
+
     def answer(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         """Answer a query in its wire form (see ``query_request``); used by the HTTP API."""
         mode = request.get("mode")
@@ -57,7 +68,9 @@ class Searcher:
         elif mode == "text":
             hits = self.by_text(str(request["text"]), k, filters)
         elif mode == "image":
-            hits = self.by_image(base64.b64decode(request["image_b64"]), k, filters)
+            hits = self.by_image(base64.b64decode(request["media_b64"]), k, filters)
+        elif mode == "video":
+            hits = self.by_video(base64.b64decode(request["media_b64"]), k, filters)
         else:
             raise QueryError(f"unknown query mode {mode!r} (expected one of {', '.join(MODES)})")
         return [hit_row(rank, hit) for rank, hit in enumerate(hits, start=1)]
@@ -83,7 +96,7 @@ def query_request(mode: str, value: str | bytes, k: int, filters: SearchFilters)
     elif mode == "text":
         request["text"] = value
     else:
-        request["image_b64"] = base64.b64encode(value if isinstance(value, bytes) else value.encode()).decode()
+        request["media_b64"] = base64.b64encode(value if isinstance(value, bytes) else value.encode()).decode()
     return request
 
 

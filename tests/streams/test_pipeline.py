@@ -177,3 +177,68 @@ def test_cache_is_addressed_by_content_not_by_product(pipeline, catalog):
     assert outcome.counts["cache_hits_text"] == 1 and outcome.counts["cache_hits_image"] == 1
     np.testing.assert_allclose(pipeline.store.vector(twin.product_id, "fused"),
                                pipeline.store.vector(catalog[0].product_id, "fused"), atol=1e-6)
+
+
+@pytest.fixture
+def clip(settings, catalog) -> str:
+    """A real h264 clip of the first product's photo, inside the media root."""
+    from streams.videogen import make_clip
+
+    media_root = Path(settings.media_root)
+    with Image.open(media_root / "images" / Path(catalog[0].image_uris[0]).name) as image:
+        make_clip([image.convert("RGB")], media_root / "clip.mp4", codec="h264", seconds=2.0)
+    return "clip.mp4"
+
+
+def test_a_video_becomes_a_named_vector_near_its_own_image(pipeline, catalog, clip):
+    outcome = pipeline.process(messages(catalog[0].derive(video_uri=clip), *catalog[1:10]))
+    assert outcome.counts["encoded_video"] == 1 and not outcome.dead_letters
+    point = pipeline.store.get(catalog[0].product_id, with_vectors=True)
+    assert set(point.vector) == {"text", "image", "video", "fused"}
+    assert point.payload["modalities"] == ["image", "text", "video"]
+    video = np.asarray(point.vector["video"])
+    hits = pipeline.store.search("image", video, 3)
+    assert hits[0].product_id == catalog[0].product_id
+    assert set(pipeline.store.get(catalog[1].product_id, with_vectors=True).vector) == {"text", "image", "fused"}
+
+
+def test_the_same_video_is_decoded_once(pipeline, catalog, clip):
+    pipeline.process(messages(catalog[0].derive(video_uri=clip)))
+    outcome = pipeline.process(messages(catalog[1].derive(video_uri=clip)))
+    assert outcome.counts["encoded_video"] == 0 and outcome.counts["cache_hits_video"] == 1
+    assert "video" in pipeline.store.get(catalog[1].product_id, with_vectors=True).vector
+
+
+@pytest.mark.parametrize(
+    "content, code",
+    [(b"", "empty"), (b"\x00garbage" * 1000, "not_a_video"), ("jpeg", "not_a_video"), ("truncated", "not_a_video")],
+)
+def test_a_bad_video_leaves_the_other_modalities_indexed(pipeline, catalog, settings, clip, content, code):
+    media_root = Path(settings.media_root)
+    if content == "jpeg":
+        content = (media_root / "images" / Path(catalog[0].image_uris[0]).name).read_bytes()
+    elif content == "truncated":
+        content = (media_root / clip).read_bytes()[:2000]
+    (media_root / "bad.mp4").write_bytes(content)
+    outcome = pipeline.process(messages(catalog[0].derive(video_uri="bad.mp4"), catalog[1]))
+    assert outcome.counts["indexed"] == 2
+    point = pipeline.store.get(catalog[0].product_id, with_vectors=True)
+    assert set(point.vector) == {"text", "image", "fused"}
+    assert code in point.payload["errors"]["video"]
+    assert [letter.reason.split(":")[0] for letter in outcome.dead_letters] == ["video"]
+    # the event is not retried: republishing the same version is a duplicate
+    again = pipeline.process(messages(catalog[0].derive(video_uri="bad.mp4")))
+    assert again.counts["duplicates"] == 1 and again.counts["indexed"] == 0
+
+
+def test_an_oversized_video_is_refused_before_decoding(settings, catalog, clip):
+    import dataclasses
+
+    small = dataclasses.replace(settings, max_video_bytes=1000)
+    pipeline = Pipeline.from_settings(small)
+    try:
+        outcome = pipeline.process(messages(catalog[0].derive(video_uri=clip)))
+        assert outcome.counts["encoded_video"] == 0
+        assert "too_large" in pipeline.store.get(catalog[0].product_id).payload["errors"]["video"]
+    finally:
+        pipeline.close()
