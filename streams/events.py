@@ -41,6 +41,12 @@ class ProductEvent(faust.Record, serializer="json"):
     video_uri: str | None = None
     event_time: float = 0.0
 
+    def __post_init__(self) -> None:
+        # faust.Record shares class-level mutable defaults between instances: copy them.
+        self.attributes = dict(self.attributes)
+        self.category = list(self.category)
+        self.image_uris = list(self.image_uris)
+
     @property
     def text(self) -> str:
         """What the text encoder reads: title, then description (attributes stay in the payload)."""

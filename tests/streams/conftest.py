@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from streams.events import ProductEvent
 from streams.publish import catalog_events, load_mapping
@@ -19,7 +20,8 @@ CATALOG = REPO / "demo" / "catalog"
 
 @pytest.fixture
 def settings(services: dict, model_dir: Path, tmp_path: Path) -> Settings:
-    """Fresh topics, consumer group, Redis database keys and Qdrant folder for each test."""
+    """Fresh topics, consumer group, Redis keys and Qdrant folder for each test."""
+    redis.Redis.from_url(services["redis_url"]).flushdb()  # the cache must not carry over between tests
     run = uuid.uuid4().hex[:8]
     media_root = tmp_path / "media"
     media_root.mkdir()
