@@ -19,9 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
     try:
-        return args.handler(args, settings) or 0
+        return args.handler(args, Settings.from_env()) or 0
     except KeyboardInterrupt:
         return 130
     except (RuntimeError, ValueError, LookupError, OSError) as exc:

@@ -65,16 +65,20 @@ def load_mapping(path_or_json: str | None) -> dict[str, Any]:
     return mapping
 
 
-def read_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a CSV (header line) or JSONL catalog."""
+def read_rows(path: Path) -> Iterator[dict[str, Any] | ValueError]:
+    """Rows of a CSV (header line) or JSONL catalog; a line that is not a JSON object comes as a
+    ValueError in its place, so one bad line does not end the catalog."""
     if path.suffix.lower() in {".jsonl", ".ndjson", ".json"}:
         with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{number}: not valid JSON ({exc})") from None
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield ValueError(f"not valid JSON ({exc})")
+                    continue
+                yield row if isinstance(row, dict) else ValueError(f"not a JSON object but {type(row).__name__}")
     else:
         with path.open(encoding="utf-8", newline="") as handle:
             yield from csv.DictReader(handle)
@@ -114,6 +118,8 @@ def catalog_events(path: Path, mapping: Mapping[str, Any], version: int | None =
     media_base = path.resolve().parent
     for number, row in enumerate(read_rows(path), start=1):
         try:
+            if isinstance(row, ValueError):
+                raise row
             yield event_from_dict(row_to_event_dict(row, mapping, media_base, version))
         except (EventError, ValueError, KeyError) as exc:
             if on_error is None:

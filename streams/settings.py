@@ -53,7 +53,7 @@ class Settings:
     max_images: int = _knob(4, "images per product that are encoded (their vectors are averaged)")
     max_video_bytes: int = _knob(50_000_000, "largest video file accepted, bytes")
     max_video_seconds: float = _knob(30.0, "longest stretch of video decoded, seconds of media time")
-    max_video_frames: int = _knob(12, "frames kept per video")
+    max_video_frames: int = _knob(8, "frames kept per video (8-16: more frames, more cost)")
     video_max_side: int = _knob(320, "frames are downscaled so that their longer side is at most this")
     video_decode_timeout_s: float = _knob(10.0, "wall-clock limit of decoding one video, seconds")
     video_pooling: str = _knob("mean", "temporal pooling of frame vectors: mean or distinct")

@@ -96,8 +96,10 @@ class ProductStore:
                         self.client.create_payload_index(self.collection, field, schema)
                 return
             vectors = self.client.get_collection(self.collection).config.params.vectors
-            existing = {name: params.size for name, params in (vectors or {}).items()}
+            existing = ({name: params.size for name, params in vectors.items()} if isinstance(vectors, dict)
+                        else {"(unnamed)": vectors.size} if vectors is not None else {})
         if existing != self.dims:
+            self.client.close()
             raise RuntimeError(
                 f"Qdrant collection {self.collection!r} has vectors {existing}, but the models produce "
                 f"{self.dims}: use another SHELFSTREAM_COLLECTION or re-index into a new collection"

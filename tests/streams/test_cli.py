@@ -225,9 +225,6 @@ def test_settings_command_prints_every_variable(monkeypatch, capsys, clean_env):
     assert by_variable["SHELFSTREAM_PARTITIONS"].endswith("partitions of the events topic (the unit of scale-out)")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="BUG: cli.main reads Settings.from_env() before its try block, so a bad "
-                                       "SHELFSTREAM_* value ends in a ValueError traceback instead of exit status 1 "
-                                       "and 'shelfstream <command>: error: ...'")
 def test_bad_variable_is_a_clean_cli_error(monkeypatch, capsys):
     monkeypatch.setenv("SHELFSTREAM_PARTITIONS", "four")
     assert main(["settings"]) == 1

@@ -289,9 +289,6 @@ def test_another_collection_name_is_independent(tmp_path):
         other.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: ensure_collection assumes named vectors; an existing collection with one "
-                                       "unnamed vector (config.params.vectors is a VectorParams) raises AttributeError "
-                                       "'VectorParams' object has no attribute 'items' instead of the clear RuntimeError")
 def test_collection_with_an_unnamed_vector_is_refused_clearly(tmp_path):
     client = QdrantClient(path=str(tmp_path / "qdrant"))
     client.create_collection("products", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
