@@ -31,6 +31,11 @@ class ModalityBatch:
 class Fusion(Protocol):
     version: str
     dims: Mapping[str, int]  # named vector -> dimension, ``fused`` included
+    # a query of each modality searches these named vectors (those in the query's space)
+    search_targets: Mapping[str, tuple[str, ...]]
+
+    def project(self, text: np.ndarray | None = None, image: np.ndarray | None = None,
+                video: np.ndarray | None = None) -> dict[str, np.ndarray | None]: ...
 
     def fuse(self, batch: Mapping[str, ModalityBatch]) -> dict[str, ModalityBatch]: ...
 
@@ -51,6 +56,13 @@ class ConcatFusion:
         self.text_weight = text_weight
         self.dims = {"text": text_dim, "image": image_dim, "video": image_dim, "fused": text_dim + image_dim}
         self.version = f"concat-w{text_weight:g}"
+        # image and video vectors both come from the image encoder: one space; text is its own
+        self.search_targets = {"text": ("text",), "image": ("image", "video"), "video": ("video", "image")}
+
+    def project(self, text: np.ndarray | None = None, image: np.ndarray | None = None,
+                video: np.ndarray | None = None) -> dict[str, np.ndarray | None]:
+        """Encoder vectors are stored as they are."""
+        return {"text": text, "image": image, "video": video}
 
     def fuse(self, batch: Mapping[str, ModalityBatch]) -> dict[str, ModalityBatch]:
         text, image = batch["text"], batch["image"]
@@ -101,6 +113,8 @@ class FusionModel:
         self.dim: int = int(self.manifest["shared_dim"])
         self.dims: dict[str, int] = {**{m: self.dim for m in self._heads}, "fused": self._fusion.output_dim("fused")}
         self.version: str = self.manifest["version"] if fusion == "learned" else f"{self.manifest['version']}-{fusion}"
+        # one shared space: a query of any modality searches every modality's vectors
+        self.search_targets = {m: (m, *(o for o in self._heads if o != m)) for m in self._heads}
 
     def check_encoders(self, versions: Mapping[str, str]) -> None:
         """Fail loudly when the serving encoders are not the ones the heads were trained on."""

@@ -18,6 +18,7 @@ import faust
 from faust.web import Request, Response, View
 
 from streams.kafka import ensure_topics
+from streams.reindex import ReindexJob, start_in_background
 from streams.pipeline import BatchOutcome, DeadLetter, IncomingMessage, Pipeline, Stats
 from streams.search import QueryError, Searcher
 from streams.media import MediaError
@@ -41,6 +42,7 @@ class WorkerState:
         self.started_at = time.time()
         self._pipeline: Pipeline | None = None
         self._loading = threading.Lock()
+        self.reindex_job = ReindexJob()
 
     @property
     def pipeline(self) -> Pipeline:
@@ -180,6 +182,18 @@ def _add_query_api(app: faust.App, worker: WorkerState) -> None:
             if record is None:
                 return self.json({"error": f"product {product_id!r} is not indexed"}, status=404)
             return self.json({"product_id": product_id, "payload": record.payload, "vectors": record.vector or {}})
+
+    @app.page("/reindex")
+    class Reindex(View):
+        """POST starts re-indexing the serving collection into this worker's model version;
+        GET reports its progress."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(worker.reindex_job.as_dict())
+
+        async def post(self, request: Request) -> Response:
+            pipeline = await asyncio.get_running_loop().run_in_executor(None, lambda: worker.pipeline)
+            return self.json(start_in_background(pipeline, worker.reindex_job).as_dict())
 
     @app.page("/query")
     class Query(View):

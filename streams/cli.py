@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mapping", type=Path, help="column mapping of the dataset (default: demo/catalog/mapping.json)")
     bench.add_argument("--json", action="store_true", help="print only the JSON result")
 
+    command("reindex", cmd_reindex, "re-embed the served catalog with the configured models, then switch queries to it")
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
     videos = command("make-videos", cmd_make_videos, "make test clips from product images (no real product videos exist here)")
     add_make_videos_arguments(videos)
@@ -165,6 +166,14 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
     return run_demo(settings)
+
+
+def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.reindex import reindex_command
+
+    job = reindex_command(settings)
+    print(f"reindex {job.state} in {job.seconds} s: {job.message} {job.counts or ''}".rstrip())
+    return 0 if job.state == "done" else 1
 
 
 def cmd_make_videos(args: argparse.Namespace, settings: Settings) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from encoders_onnx.fusion import ConcatFusion, Fusion
+from encoders_onnx.fusion import ConcatFusion, Fusion, FusionModel
 from encoders_onnx.image import ImageEncoder
 from encoders_onnx.text import TextEncoder
 from encoders_onnx.video import VideoEncoder, VideoLimits
@@ -28,4 +28,13 @@ def load_models(settings: Settings) -> Models:
     text = TextEncoder(settings.model_dir, providers=settings.providers)
     image = ImageEncoder(settings.model_dir, providers=settings.providers)
     video = VideoEncoder(image, VideoLimits.from_settings(settings), settings.video_pooling, settings.batch_size)
-    return Models(text, image, video, ConcatFusion(text.dim, image.dim, settings.text_weight))
+    return Models(text, image, video, load_fusion(settings, text, image))
+
+
+def load_fusion(settings: Settings, text: TextEncoder, image: ImageEncoder) -> Fusion:
+    """The trained bundle the settings name, checked against the serving encoders; else concatenation."""
+    if not settings.fusion_bundle:
+        return ConcatFusion(text.dim, image.dim, settings.text_weight)
+    bundle = FusionModel(settings.fusion_bundle, settings.providers, settings.fusion_method)
+    bundle.check_encoders({"text": text.version, "image": image.version})
+    return bundle

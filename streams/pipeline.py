@@ -27,7 +27,7 @@ from qdrant_client import models
 from encoders_onnx.fusion import MODALITIES, ModalityBatch
 from encoders_onnx.session import l2_normalize
 from streams.cache import FeatureCache, feature_key
-from streams.events import EventError, ProductEvent, parse_event
+from streams.events import EventError, ProductEvent, event_from_dict, parse_event
 from streams.media import MediaError, MediaLimits, content_hash, fetch_bytes, load_image
 from streams.models import Models, load_models
 from streams.settings import Settings
@@ -82,6 +82,10 @@ class Stats:
         return {"counts": dict(self.counts), **freshness}
 
 
+REINDEXED_FIELDS = ("product_id", "version", "title", "description", "attributes", "category", "price",
+                    "currency", "image_uris", "video_uri", "event_time")
+
+
 @dataclass
 class _Product:
     """An upsert on its way through the batch: its media, vectors, and why a modality failed."""
@@ -114,7 +118,7 @@ class Pipeline:
         """Load the models and connect to Redis and Qdrant as the settings say."""
         models = load_models(settings)
         cache = FeatureCache(settings.redis_url, settings.cache_ttl_s)
-        return cls(settings, models, cache, ProductStore(settings, models.fusion.dims))
+        return cls(settings, models, cache, ProductStore(settings, models.fusion.dims, models.fusion.version))
 
     def close(self) -> None:
         self._io.shutdown(wait=False)
@@ -203,6 +207,31 @@ class Pipeline:
             if product_id not in current or version > current[product_id].version:
                 current[product_id] = StoredState(version)
         return current
+
+    # -- re-indexing -----------------------------------------------------------------------------
+
+    def reindex(self, source: str, progress: Callable[[int], None] = lambda done: None) -> Counter:
+        """Re-embed every product of another model version's collection into this version's,
+        from the cached raw features (re-encoding only what the cache lacks) and the media named
+        in the payloads; a product this version already holds at the same or a newer version
+        (written by a worker meanwhile) is left alone. The alias is not moved here."""
+        outcome = BatchOutcome()
+        done = 0
+        for page in self.store.pages(source, with_vectors=False):
+            events = [event_from_dict({**{k: r.payload.get(k) for k in REINDEXED_FIELDS}, "op": "upsert"})
+                      for r in page if r.payload]
+            current = self.store.states([e.product_id for e in events])
+            products = [_Product(e, IncomingMessage(None)) for e in events
+                        if e.product_id not in current or current[e.product_id].version < e.version]
+            outcome.counts["already_current"] += len(events) - len(products)
+            if products:
+                self._load_media(products)
+                self._encode(products, outcome)
+                self._write(products)
+                outcome.counts["reindexed"] += len(products)
+            done += len(page)
+            progress(done)
+        return outcome.counts
 
     # -- media and features --------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 from streams.media import load_image
 from streams.models import Models, load_models
 from streams.settings import Settings
@@ -33,7 +35,7 @@ class Searcher:
         self.max_image_pixels = max_image_pixels
 
     def similar(self, product_id: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
-        vector = self.store.vector(product_id, "fused")
+        vector = self.store.vector(product_id, "fused", collection=self.store.alias)
         if vector is None:
             raise QueryError(f"product {product_id!r} is not indexed")
         return self.store.search("fused", vector, k, filters, exclude_product_id=product_id)
@@ -41,18 +43,22 @@ class Searcher:
     def by_text(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         if not text.strip():
             raise QueryError("the text query is empty")
-        return self.store.search("text", self.models.text.encode([text])[0], k, filters)
+        return self._search("text", self.models.text.encode([text]), k, filters)
 
     def by_image(self, data: bytes, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         image = load_image(data, self.max_image_pixels)
-        return self.store.search("image", self.models.image.encode([image])[0], k, filters)
+        return self._search("image", self.models.image.encode([image]), k, filters)
 
     def by_video(self, data: bytes, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
-        """Video and image vectors share the image encoder's space: match both, keep each
-        product's best score."""
-        vector = self.models.video.encode(data)
+        return self._search("video", self.models.video.encode(data)[None, :], k, filters)
+
+    def _search(self, modality: str, encoded: np.ndarray, k: int, filters: SearchFilters | None) -> list[Hit]:
+        """Project the query into the stored space and search every named vector of that space
+        (with a trained bundle, a text query also finds products by their photos); each
+        product keeps its best score."""
+        vector = self.models.fusion.project(**{modality: encoded})[modality][0]
         best: dict[str, Hit] = {}
-        for using in ("video", "image"):
+        for using in self.models.fusion.search_targets[modality]:
             for hit in self.store.search(using, vector, k, filters):
                 if hit.product_id not in best or hit.score > best[hit.product_id].score:
                     best[hit.product_id] = hit
@@ -115,7 +121,7 @@ def run_query(settings: Settings, request: dict[str, Any]) -> list[dict[str, Any
 
 def local_searcher(settings: Settings) -> Searcher:
     models = load_models(settings)
-    return Searcher(ProductStore(settings, models.fusion.dims), models, settings.max_image_pixels)
+    return Searcher(ProductStore(settings, models.fusion.dims, models.fusion.version), models, settings.max_image_pixels)
 
 
 def post_json(url: str, body: dict[str, Any], timeout: float = 30.0) -> Any:

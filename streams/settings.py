@@ -28,7 +28,7 @@ class Settings:
     qdrant_url: str = _knob("", "Qdrant server URL; empty = Qdrant local mode at qdrant_path")
     qdrant_api_key: str = _knob("", "Qdrant API key (server mode)")
     qdrant_path: str = _knob("", "Qdrant local-mode directory; default: STATE_DIR/qdrant")
-    collection: str = _knob("products", "Qdrant collection name")
+    collection: str = _knob("products", "Qdrant alias that queries use; each model version writes its own collection")
     state_dir: str = _knob(".shelfstream", "where `shelfstream up` keeps pids, ports, logs and data")
     # topics and the Faust app
     app_id: str = _knob("shelfstream", "Faust app id (consumer group)")
@@ -44,6 +44,8 @@ class Settings:
     model_dir: str = _knob("models", "folder of the exported ONNX models and manifests")
     providers: str = _knob("auto", "onnxruntime providers: auto (CUDA when present, else CPU), cpu or cuda")
     text_weight: float = _knob(0.5, "weight of the text block in the concatenation fusion (image gets 1 - w)")
+    fusion_bundle: str = _knob("", "trained fusion bundle folder (`shelfstream train`); empty = concatenation fusion")
+    fusion_method: str = _knob("learned", "fused vector of the bundle: learned or autoencoder")
     # media: untrusted seller URIs
     media_root: str = _knob("media", "local paths and file:// URIs must resolve inside this folder")
     allow_private_networks: bool = _knob(False, "allow http(s) media on private, loopback or link-local addresses")

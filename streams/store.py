@@ -7,10 +7,11 @@ not thread-safe, so every call goes through one lock.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -66,8 +67,13 @@ class Hit:
 
 
 class ProductStore:
-    def __init__(self, settings: Settings, dims: Mapping[str, int]) -> None:
-        self.collection = settings.collection
+    """Writes go to the collection of this model version (``<alias>-<version>``); queries go to the
+    alias, which ``switch_alias`` moves once a new version is complete (``shelfstream reindex``).
+    So vectors of two model versions never mix, and old vectors answer until the switch."""
+
+    def __init__(self, settings: Settings, dims: Mapping[str, int], version: str = "") -> None:
+        self.alias = settings.collection
+        self.collection = f"{self.alias}-{re.sub(r'[^A-Za-z0-9_.-]', '_', version)}" if version else self.alias
         self.dims = dict(dims)
         self._lock = threading.Lock()
         self.is_server = bool(settings.qdrant_url)
@@ -77,6 +83,8 @@ class ProductStore:
             self.client = QdrantClient(path=settings.qdrant_path)
         self.ensure_collection()
         self._tune_local_mode()
+        if self.alias != self.collection and self.serving_collection() is None:
+            self.switch_alias()  # the first version serves as soon as it exists
 
     def ensure_collection(self) -> None:
         """Create the collection, or check that an existing one has this model's vector sizes."""
@@ -115,6 +123,21 @@ class ProductStore:
             if persistence is not None:
                 persistence.storage.execute("PRAGMA journal_mode=WAL")
                 persistence.storage.execute("PRAGMA synchronous=NORMAL")
+
+    def serving_collection(self) -> str | None:
+        """The collection the alias points at (None before any)."""
+        with self._lock:
+            aliases = self.client.get_aliases().aliases
+        return next((a.collection_name for a in aliases if a.alias_name == self.alias), None)
+
+    def switch_alias(self) -> None:
+        """Point the alias (what queries read) at this version's collection, in one operation."""
+        operations: list[Any] = [models.CreateAliasOperation(
+            create_alias=models.CreateAlias(collection_name=self.collection, alias_name=self.alias))]
+        if self.serving_collection() is not None:
+            operations.insert(0, models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias)))
+        with self._lock:
+            self.client.update_collection_aliases(change_aliases_operations=operations)
 
     def states(self, product_ids: Sequence[str]) -> dict[str, StoredState]:
         """Version, content fingerprint and modalities of each product that has a point."""
@@ -155,13 +178,14 @@ class ProductStore:
                     wait=True,
                 )
 
-    def get(self, product_id: str, with_vectors: bool = False) -> models.Record | None:
+    def get(self, product_id: str, with_vectors: bool = False, collection: str | None = None) -> models.Record | None:
+        """A product as this version stored it (``collection=store.alias``: as queries see it)."""
         with self._lock:
-            records = self.client.retrieve(self.collection, [point_id(product_id)], with_vectors=with_vectors)
+            records = self.client.retrieve(collection or self.collection, [point_id(product_id)], with_vectors=with_vectors)
         return records[0] if records else None
 
-    def vector(self, product_id: str, name: str) -> np.ndarray | None:
-        record = self.get(product_id, with_vectors=True)
+    def vector(self, product_id: str, name: str, collection: str | None = None) -> np.ndarray | None:
+        record = self.get(product_id, with_vectors=True, collection=collection)
         if record is None or not isinstance(record.vector, dict) or name not in record.vector:
             return None
         return np.asarray(record.vector[name], dtype=np.float32)
@@ -177,27 +201,33 @@ class ProductStore:
         query_filter = (filters or SearchFilters()).to_qdrant(exclude_product_id)
         with self._lock:
             response = self.client.query_points(
-                self.collection, query=vector.tolist(), using=using, limit=limit,
+                self.alias, query=vector.tolist(), using=using, limit=limit,
                 query_filter=query_filter, with_payload=True,
             )
         return [Hit(p.payload["product_id"], float(p.score), dict(p.payload)) for p in response.points if p.payload]
 
     def count(self) -> int:
-        with self._lock:
-            return self.client.count(self.collection, exact=True).count
+        return self.point_count(self.collection)
 
-    def all_points(self, with_vectors: bool = True, page: int = 256) -> list[models.Record]:
-        """Every point (tests and re-indexing); pages through the collection."""
-        out: list[models.Record] = []
+    def all_points(self, with_vectors: bool = True, collection: str | None = None) -> list[models.Record]:
+        """Every point of this version's collection (or another one)."""
+        return [record for page in self.pages(collection, with_vectors=with_vectors) for record in page]
+
+    def pages(self, collection: str | None = None, page: int = 256, with_vectors: bool = True) -> Iterator[list[models.Record]]:
+        """A collection's points, a page at a time (re-indexing reads the old version this way)."""
         offset = None
         while True:
             with self._lock:
                 records, offset = self.client.scroll(
-                    self.collection, limit=page, offset=offset, with_vectors=with_vectors, with_payload=True
+                    collection or self.collection, limit=page, offset=offset, with_vectors=with_vectors, with_payload=True
                 )
-            out.extend(records)
+            yield records
             if offset is None:
-                return out
+                return
+
+    def point_count(self, collection: str) -> int:
+        with self._lock:
+            return self.client.count(collection, exact=True).count
 
     def close(self) -> None:
         with self._lock:

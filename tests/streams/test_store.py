@@ -242,7 +242,9 @@ def test_points_missing_a_named_vector_are_found_by_the_vectors_they_have(store)
 
 def test_all_points_pages_through_the_collection(store):
     store.upsert([point(str(i), {"fused": [1, i]}) for i in range(7)])
-    records = store.all_points(with_vectors=False, page=3)
+    pages = list(store.pages(page=3, with_vectors=False))
+    assert [len(page) for page in pages] == [3, 3, 1]
+    records = store.all_points(with_vectors=False)
     assert sorted(r.payload["product_id"] for r in records) == [str(i) for i in range(7)]
 
 

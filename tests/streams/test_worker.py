@@ -66,7 +66,8 @@ def test_worker_indexes_updates_deletes_and_dead_letters(settings: Settings, cat
         assert worker.stats()["points"] == len(products) - 1
 
     # the worker is gone: Qdrant's folder is free, read every point directly
-    store = ProductStore(settings, load_models(settings).fusion.dims)
+    fusion = load_models(settings).fusion
+    store = ProductStore(settings, fusion.dims, fusion.version)
     try:
         points = {p.payload["product_id"]: p for p in store.all_points()}
     finally:

@@ -1,0 +1,93 @@
+"""``shelfstream reindex``: move queries to a new model version without a gap.
+
+Workers started with the new models write new events into the new version's collection while
+the alias keeps serving the old one. Re-indexing copies every product of the serving collection
+into the new one (from cached raw features, so unchanged encoders encode nothing), then moves
+the alias: from that moment queries read the new vectors. With Qdrant local mode the running
+worker holds the folder, so the CLI asks the worker to do it and shows its progress.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from streams.pipeline import Pipeline
+from streams.search import get_json, post_json
+from streams.settings import Settings
+
+
+@dataclass
+class ReindexJob:
+    state: str = "idle"  # idle | running | done | failed
+    source: str | None = None
+    target: str | None = None
+    total: int = 0
+    done: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    message: str = ""
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_reindex(pipeline: Pipeline, job: ReindexJob, on_progress: Callable[[ReindexJob], None] = lambda job: None) -> ReindexJob:
+    """Re-embed the serving collection into this pipeline's version, then switch the alias."""
+    started = time.monotonic()
+    store = pipeline.store
+    job.state, job.source, job.target = "running", store.serving_collection(), store.collection
+    try:
+        if job.source in (None, store.collection):
+            job.message = f"alias {store.alias!r} already serves {store.collection!r}: nothing to do"
+        else:
+            job.total = store.point_count(job.source)
+            def progress(done: int) -> None:
+                job.done = done
+                on_progress(job)
+
+            job.counts = dict(pipeline.reindex(job.source, progress))
+            store.switch_alias()
+            job.message = f"alias {store.alias!r} now serves {store.collection!r} (was {job.source!r})"
+        job.state = "done"
+    except Exception as exc:  # reported to the caller, who decides; the alias has not moved
+        job.state, job.message = "failed", f"{type(exc).__name__}: {exc}"
+    job.seconds = round(time.monotonic() - started, 2)
+    return job
+
+
+def start_in_background(pipeline: Pipeline, job: ReindexJob) -> ReindexJob:
+    if job.state != "running":
+        job.__init__()  # type: ignore[misc]
+        job.state = "running"
+        threading.Thread(target=run_reindex, args=(pipeline, job), name="reindex", daemon=True).start()
+    return job
+
+
+def reindex_command(settings: Settings) -> ReindexJob:
+    """Through the running worker when one answers (it holds local mode), else in this process."""
+    url = f"{settings.worker_url}/reindex"
+    try:
+        status = post_json(url, {})
+    except ConnectionError:
+        pipeline = Pipeline.from_settings(settings)
+        try:
+            with tqdm(unit="product", desc="reindex") as bar:
+                return run_reindex(pipeline, ReindexJob(), lambda job: _show(bar, job.total, job.done))
+        finally:
+            pipeline.close()
+    with tqdm(unit="product", desc="reindex (worker)") as bar:
+        while status["state"] == "running":
+            _show(bar, status["total"], status["done"])
+            time.sleep(0.5)
+            status = get_json(url)
+    return ReindexJob(**status)
+
+
+def _show(bar: tqdm, total: int, done: int) -> None:
+    bar.total = total or None
+    bar.update(done - bar.n)
