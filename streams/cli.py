@@ -15,8 +15,13 @@ from streams.settings import Settings
 from streams.videogen import add_make_videos_arguments, make_videos_main
 
 
+TRAINING_COMMANDS = ("train", "eval")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # the training flags come from exporters/ (torch): build them only when training is asked for
+    parser = build_parser(with_training=bool(argv) and argv[0] in TRAINING_COMMANDS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -28,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_training: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shelfstream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -76,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mapping", type=Path, help="column mapping of the dataset (default: demo/catalog/mapping.json)")
     bench.add_argument("--json", action="store_true", help="print only the JSON result")
 
+    train = command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle")
+    evaluate = command("eval", cmd_eval, "evaluate text, image, early/late/learned/autoencoder fusion and baselines on the test split")
+    if with_training:
+        try:  # without the export extra these commands explain what to install
+            from exporters.evaluate import configure_eval_parser
+            from exporters.train import configure_train_parser
+
+            configure_train_parser(train)
+            configure_eval_parser(evaluate)
+        except ImportError as exc:
+            train.set_defaults(missing=exc)
+            evaluate.set_defaults(missing=exc)
     command("reindex", cmd_reindex, "re-embed the served catalog with the configured models, then switch queries to it")
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
     videos = command("make-videos", cmd_make_videos, "make test clips from product images (no real product videos exist here)")
@@ -166,6 +183,25 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
     return run_demo(settings)
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
+    _require_export_extra(args)
+    from exporters.train import run_train
+
+    run_train(args)
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> None:
+    _require_export_extra(args)
+    from exporters.evaluate import run_eval
+
+    run_eval(args)
+
+
+def _require_export_extra(args: argparse.Namespace) -> None:
+    if getattr(args, "missing", None) is not None:
+        raise RuntimeError(f"{args.missing}: training needs the export extra: pip install -e '.[export]'")
 
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:

@@ -8,6 +8,8 @@ import argparse
 import dataclasses
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from streams.cli import build_parser, format_table, main
 from streams.settings import ENV_PREFIX, Settings
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "publish", "similar", "search", "export", "bench", "demo",
-            "make-videos", "reindex"]
+            "make-videos", "train", "eval", "reindex"]
 
 
 @pytest.fixture(autouse=True)
@@ -287,3 +289,9 @@ def test_similar_with_no_worker_and_an_empty_store_names_the_product(monkeypatch
     assert capsys.readouterr().out.strip() == "no results"
     assert main(["search", "--text", "red running shoes", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_the_worker_path_imports_no_torch():
+    code = ("import sys, streams.app, streams.cli, streams.pipeline, streams.search; streams.cli.build_parser(); "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
