@@ -12,25 +12,31 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import faust
+import httpx
+import redis
 from faust.web import Request, Response, View
+from qdrant_client.http.exceptions import ResponseHandlingException
 
 from streams.kafka import ensure_topics
-from streams.reindex import ReindexJob, start_in_background
-from streams.pipeline import BatchOutcome, DeadLetter, IncomingMessage, Pipeline, Stats
-from streams.search import QueryError, Searcher
 from streams.media import MediaError
+from streams.pipeline import BatchOutcome, DeadLetter, IncomingMessage, Pipeline, Stats
+from streams.reindex import ReindexJob, start_in_background
+from streams.search import QueryError, Searcher
 from streams.settings import Settings
 from streams.store import ProductStore
 
 log = logging.getLogger("shelfstream.worker")
 
 REASON_HEADER = "shelfstream-reason"
-# Errors of the services themselves: the batch is retried (with backoff) until they come back,
-# because committing past unwritten events would lose them.
-RETRY_FOREVER: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
+# Errors of the services themselves (Redis, Qdrant, the network): the batch is retried with
+# backoff until they come back, because committing past unwritten events would lose them.
+RETRY_FOREVER: tuple[type[BaseException], ...] = (
+    OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+    ResponseHandlingException, httpx.TransportError,
+)
 
 
 class WorkerState:
@@ -73,12 +79,7 @@ class WorkerState:
             log.warning("batch of %d failed (%r); retrying one event at a time", len(messages), exc)
             merged = BatchOutcome()
             for message in messages:
-                single = self.process([message])
-                merged.indexed += single.indexed
-                merged.deleted += single.deleted
-                merged.dead_letters += single.dead_letters
-                merged.counts.update(single.counts)
-                merged.freshness_ms += single.freshness_ms
+                merged.merge(self.process([message]))
             return merged
 
     def status(self) -> dict[str, Any]:
@@ -133,7 +134,7 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-async def _with_retry(attempt: Any, max_delay_s: float = 30.0) -> BatchOutcome:
+async def _with_retry(attempt: Callable[[], Awaitable[BatchOutcome]], max_delay_s: float = 30.0) -> BatchOutcome:
     delay = 0.5
     while True:
         try:

@@ -61,6 +61,13 @@ class BatchOutcome:
     counts: Counter = field(default_factory=Counter)
     freshness_ms: list[float] = field(default_factory=list)
 
+    def merge(self, other: "BatchOutcome") -> None:
+        self.indexed += other.indexed
+        self.deleted += other.deleted
+        self.dead_letters += other.dead_letters
+        self.counts.update(other.counts)
+        self.freshness_ms += other.freshness_ms
+
 
 class Stats:
     """Running counters and recent freshness samples, served by the worker's ``/stats``."""
