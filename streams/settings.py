@@ -39,7 +39,8 @@ class Settings:
     web_port: int = _knob(6066, "port of the worker's query API")
     # batching
     batch_size: int = _knob(32, "events per batch: each encoder runs once per batch")
-    batch_window_s: float = _knob(0.5, "longest wait to fill a batch, seconds")
+    batch_window_s: float = _knob(0.2, "longest wait to fill a batch, seconds")
+    fetch_max_wait_ms: int = _knob(100, "longest a consumer fetch waits for new data, ms (freshness when idle)")
     # models
     model_dir: str = _knob("models", "folder of the exported ONNX models and manifests")
     providers: str = _knob("auto", "onnxruntime providers: auto (CUDA when present, else CPU), cpu or cuda")
