@@ -295,3 +295,9 @@ def test_the_worker_path_imports_no_torch():
     code = ("import sys, streams.app, streams.cli, streams.pipeline, streams.search; streams.cli.build_parser(); "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_readme_documents_every_setting_with_its_default():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for variable, default, doc in Settings.describe():
+        assert f"| `{variable}` | `{default}` | {doc} |" in readme, variable
