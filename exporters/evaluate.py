@@ -11,7 +11,8 @@ Metrics (a hit shares the query's label; the query itself is never in its own re
 
 Methods: text only, image only, early fusion (concatenation of normalized vectors), late fusion
 (weighted sum of per-modality cosines, weights chosen on validation), learned fusion and
-autoencoder fusion (the ONNX bundle, as the worker runs it), the mean of the aligned
+autoencoder fusion (the ONNX bundle, as the worker runs it), learned fusion with one modality
+masked out for every product (how the worker handles a missing modality), the mean of the aligned
 projections, the same supervised training on the best single modality (chosen on validation),
 random vectors, and the zero-shot bridge (image -> top ImageNet classes -> text encoder).
 """
@@ -123,32 +124,45 @@ def text_to_image(
 T2I_NAMES = (*(f"recall@{k}" for k in RECALL_KS), "mrr", f"p@{K}_fine")
 
 
+LEVELS = ("fine", "coarse")
+
+
 def method_metrics(
     vectors: np.ndarray,
-    fine: np.ndarray,
-    coarse: np.ndarray,
+    labels: Mapping[str, np.ndarray],
     t2i: tuple[np.ndarray, np.ndarray] | None = None,
-    unique_title: np.ndarray | None = None,
+    t2i_queries: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, float | None]:
-    """All metric names for one method; text-to-image is None where the method has no shared space."""
+    """All metric names for one method.
+
+    ``labels`` maps a level (fine, coarse) to label codes; ``t2i_queries`` maps a metric-name
+    suffix to the query rows of that variant. A level the catalog lacks, and text-to-image where
+    the method has no shared space, give None.
+    """
     out: dict[str, float | None] = {}
-    for level, labels in (("fine", fine), ("coarse", coarse)):
-        out.update({f"{name}_{level}": v for name, v in item_to_item(vectors, labels).items()})
-    variants = {"": None} if unique_title is None else {"": None, "_unique_title": unique_title}
-    for suffix, rows in variants.items():
-        values = text_to_image(*t2i, fine, rows) if t2i is not None else dict.fromkeys(T2I_NAMES)
+    for level in LEVELS:
+        values = item_to_item(vectors, labels[level]) if level in labels else dict.fromkeys((f"p@{K}", f"map@{K}"))
+        out.update({f"{name}_{level}": v for name, v in values.items()})
+    for suffix, rows in (t2i_queries or {"": None}).items():
+        values = text_to_image(*t2i, labels["fine"], rows) if t2i is not None else dict.fromkeys(T2I_NAMES)
         out.update({f"t2i_{name}{suffix}": v for name, v in values.items()})
     return out
 
 
-def bundle_metrics(model: FusionModel, features: Features, fine: np.ndarray, coarse: np.ndarray) -> dict[str, float]:
+def bundle_metrics(model: FusionModel, features: Features, labels: Mapping[str, np.ndarray]) -> dict[str, float]:
     """The headline numbers of a bundle on one split (recorded in ``bundle.json`` by training)."""
     fused = _fused(model, features)
     z = model.project(text=features.vectors["text"], image=features.vectors["image"])
     both = features.present["text"] & features.present["image"]
-    out = {f"fused_{n}_{lvl}": v for lvl, y in (("fine", fine), ("coarse", coarse)) for n, v in item_to_item(fused, y).items()}
-    out.update({f"t2i_{n}": v for n, v in text_to_image(z["text"][both], z["image"][both], fine[both]).items()})
+    out = {f"fused_{n}_{lvl}": v for lvl, y in labels.items() for n, v in item_to_item(fused, y).items()}
+    out.update({f"t2i_{n}": v for n, v in text_to_image(z["text"][both], z["image"][both], labels["fine"][both]).items()})
     return {k: round(v, 4) for k, v in out.items()}
+
+
+def split_labels(catalog: Catalog, index: np.ndarray) -> dict[str, np.ndarray]:
+    """Label codes of some products per level; ``coarse`` only where the mapping names one."""
+    levels = LEVELS if catalog.mapping.coarse else ("fine",)
+    return {level: catalog.labels(level)[index] for level in levels}
 
 
 def _fused(model: FusionModel, features: Features) -> np.ndarray:
@@ -188,17 +202,28 @@ def _unique_titles(catalog: Catalog, index: np.ndarray) -> np.ndarray:
     return counts[inverse] == 1
 
 
+def _projections(model: FusionModel, features: Features) -> dict[str, np.ndarray]:
+    """Shared-space vectors of the present rows; absent rows are zero so they match nothing."""
+    z = model.project(**{m: features.vectors[m] for m in features.modalities})
+    return {m: z[m] * features.present[m][:, None] for m in features.modalities}
+
+
 def _supervised_single(
     model: FusionModel, features: Features, split: Mapping[str, np.ndarray], fine: np.ndarray, modality: str, seed: int
 ) -> np.ndarray:
     """Test vectors of the bundle's own fusion training run on one modality's projection only."""
     from exporters.train import TrainConfig, fit_single_modality, fuse_single  # torch only for this baseline
 
-    projected = {p: {modality: model.project(**{modality: features.vectors[modality][split[p]]})[modality]}
-                 for p in ("train", "val", "test")}
-    labels = {p: fine[split[p]] for p in ("train", "val")}
-    fusion = fit_single_modality({p: projected[p] for p in ("train", "val")}, labels, TrainConfig(**model.manifest["config"]), seed)
-    return fuse_single(fusion, projected["test"][modality])
+    z = _projections(model, features)[modality]
+    has = features.present[modality]
+    fit_rows = {p: split[p][has[split[p]]] for p in ("train", "val")}
+    fusion = fit_single_modality(
+        {p: {modality: z[rows]} for p, rows in fit_rows.items()},
+        {p: fine[rows] for p, rows in fit_rows.items()},
+        TrainConfig(**model.manifest["config"]),
+        seed,
+    )
+    return fuse_single(fusion, z[split["test"]]) * has[split["test"]][:, None]
 
 
 def evaluate(
@@ -215,19 +240,21 @@ def evaluate(
     """One metrics object per method on the test split (see the module docstring)."""
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog, mapping)
     split = cat.split(seed)
-    fine_all, coarse_all = cat.labels("fine"), cat.labels("coarse")
+    fine_all = cat.labels("fine")
     features = extract_features(cat, model_dir, cache_dir, providers=providers)
     test, val = features.rows(split["test"]), features.rows(split["val"])
-    fine, coarse = fine_all[split["test"]], coarse_all[split["test"]]
+    labels = split_labels(cat, split["test"])
     unique = _unique_titles(cat, split["test"])
     learned = FusionModel(bundle_dir, providers)
     autoencoder = FusionModel(bundle_dir, providers, fusion="autoencoder")
-    z = learned.project(**{m: test.vectors[m] for m in test.modalities})
+    z = _projections(learned, test)
+    pairs = test.present["text"] & test.present["image"]
+    t2i_queries = {"": pairs, "_unique_title": pairs & unique}
     bridge = zero_shot_bridge(cat, split["test"], model_dir, cache_dir, classes_path, providers)
-    n = len(fine)
+    n = len(split["test"])
 
     def row(vectors: np.ndarray, t2i: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float | None]:
-        return method_metrics(vectors, fine, coarse, t2i, unique)
+        return method_metrics(vectors, labels, t2i, t2i_queries)
 
     methods: dict[str, dict[str, float | None]] = {}
     for m in test.modalities:
@@ -237,8 +264,11 @@ def evaluate(
     weights = _late_fusion_weights(val, fine_all[split["val"]])
     methods["late_fusion"] = row(_weighted_concat(test, weights))
     methods["learned_fusion"] = row(_fused(learned, test), (z["text"], z["image"]))
+    if len(test.modalities) > 1:
+        for m in test.modalities:
+            methods[f"learned_fusion_without_{m}"] = row(_fused(learned, test.without(m)))
     methods["autoencoder_fusion"] = row(_fused(autoencoder, test))
-    methods["projection_mean"] = row(l2_normalize(sum(z[m] * test.present[m][:, None] for m in test.modalities)))
+    methods["projection_mean"] = row(l2_normalize(sum(z.values())))
     best_single = max(test.modalities, key=lambda m: item_to_item(val.vectors[m], fine_all[split["val"]])[f"p@{K}"])
     if single_modality_baseline:
         methods[f"supervised_{best_single}_only"] = row(
@@ -252,7 +282,8 @@ def evaluate(
         "split": "test",
         "split_seed": seed,
         "test_products": n,
-        "test_queries_unique_title": int(unique.sum()),
+        "t2i_queries": int(pairs.sum()),
+        "t2i_queries_unique_title": int((pairs & unique).sum()),
         "bundle_version": learned.version,
         "late_fusion_weights_from_val": weights,
         "best_single_modality_on_val": best_single,

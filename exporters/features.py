@@ -9,6 +9,7 @@ only its modality.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -53,6 +54,10 @@ class Features:
     @property
     def dims(self) -> dict[str, int]:
         return {m: int(self.vectors[m].shape[1]) for m in self.modalities}
+
+    def without(self, modality: str) -> "Features":
+        """The same products with one modality marked absent everywhere (to measure missing inputs)."""
+        return dataclasses.replace(self, present={**self.present, modality: np.zeros_like(self.present[modality])})
 
     def rows(self, index: np.ndarray) -> "Features":
         """The features of a subset of products (e.g. one split)."""
