@@ -20,8 +20,10 @@ random vectors, and the zero-shot bridge (image -> top ImageNet classes -> text 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -324,9 +326,11 @@ def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    report = evaluate(
-        args.dataset, mapping_from_args(args), args.model_dir, args.bundle or str(Path(args.model_dir) / "fusion"),
-        args.seed, args.cache_dir, args.providers, args.classes, not args.no_single_baseline,
-    )
+    """Print the report; with ``--json`` stdout carries only the JSON (progress goes to stderr)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        report = evaluate(
+            args.dataset, mapping_from_args(args), args.model_dir, args.bundle or str(Path(args.model_dir) / "fusion"),
+            args.seed, args.cache_dir, args.providers, args.classes, not args.no_single_baseline,
+        )
     print(json.dumps(report, indent=2) if args.json else format_table(report), flush=True)
     return report

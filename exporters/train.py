@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from encoders_onnx.fusion import BUNDLE_MANIFEST, FusionModel
 from exporters.catalog import Catalog, CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
-from exporters.evaluate import bundle_metrics, item_to_item, text_to_image
+from exporters.evaluate import bundle_metrics, item_to_item, split_labels, text_to_image
 from exporters.features import DEFAULT_CACHE_DIR, Features, extract_features
 from exporters.heads import (
     AlignmentHeads,
