@@ -243,15 +243,23 @@ class Pipeline:
     # -- media and features --------------------------------------------------------------------
 
     def _load_media(self, products: list[_Product]) -> None:
-        """Fetch every image and video of the batch in parallel (bounded by the media limits),
+        """Fetch every image and video of the batch (downloads in parallel, local files inline:
+        a thread hand-off costs more than reading a small file), bounded by the media limits,
         then fingerprint each product's content."""
         wanted: list[tuple[_Product, str, MediaLimits]] = []
         for product in products:
             wanted += [(product, uri, self.image_limits) for uri in product.event.image_uris[: self.settings.max_images]]
             if product.event.video_uri:
                 wanted.append((product, product.event.video_uri, self.video_limits))
-        fetched = self._io.map(lambda item: _attempt(fetch_bytes, item[1], item[2]), wanted)
-        for (product, uri, limits), (data, error) in zip(wanted, fetched):
+
+        def fetch(item: tuple[_Product, str, MediaLimits]) -> tuple[bytes | None, str | None]:
+            return _attempt(fetch_bytes, item[1], item[2])
+
+        remote = [item for item in wanted if item[1].startswith(("http://", "https://"))]
+        downloaded = dict(zip(map(id, remote), self._io.map(fetch, remote)))
+        for item in wanted:
+            product, uri, limits = item
+            data, error = downloaded[id(item)] if id(item) in downloaded else fetch(item)
             modality = "video" if limits is self.video_limits else "image"
             if error is not None:
                 product.fail(modality, uri, error)

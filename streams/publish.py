@@ -127,6 +127,44 @@ def catalog_events(path: Path, mapping: Mapping[str, Any], version: int | None =
             on_error(number, str(exc))
 
 
+class EventPublisher:
+    """One idempotent producer for many sends; ``close`` waits until every event is acknowledged
+    and raises if any was not."""
+
+    def __init__(self, settings: Settings) -> None:
+        ensure_topics(settings)
+        self.topic = settings.events_topic
+        self.producer = idempotent_producer(settings)
+        self.failures: list[str] = []
+
+    def __enter__(self) -> "EventPublisher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send_event(self, event: ProductEvent) -> None:
+        self.send(event.product_id.encode(), event.to_bytes())
+
+    def send(self, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, key=key, value=value, on_delivery=self._delivered)
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        remaining = self.producer.flush(timeout_s)
+        if remaining or self.failures:
+            raise RuntimeError(f"{remaining} events undelivered, {len(self.failures)} failed: {self.failures[:3]}")
+
+    def _delivered(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self.failures.append(str(error))
+
+
 def publish_events(settings: Settings, events: Iterable[ProductEvent], total: int | None = None,
                    progress: bool = False) -> PublishReport:
     return publish_raw(settings, ((e.product_id.encode(), e.to_bytes()) for e in events), total, progress)
@@ -135,28 +173,12 @@ def publish_events(settings: Settings, events: Iterable[ProductEvent], total: in
 def publish_raw(settings: Settings, records: Iterable[tuple[bytes | None, bytes]], total: int | None = None,
                 progress: bool = False) -> PublishReport:
     """Produce (key, value) records to the events topic and wait until every one is acknowledged."""
-    ensure_topics(settings)
-    producer = idempotent_producer(settings)
-    failures: list[str] = []
-
-    def delivered(error: Any, message: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
     started = time.perf_counter()
     count = 0
-    for key, value in tqdm(records, total=total, unit="event", disable=not progress, file=sys.stderr):
-        while True:
-            try:
-                producer.produce(settings.events_topic, key=key, value=value, on_delivery=delivered)
-                break
-            except BufferError:  # local queue full: let deliveries drain
-                producer.poll(0.1)
-        producer.poll(0)
-        count += 1
-    remaining = producer.flush(60)
-    if remaining or failures:
-        raise RuntimeError(f"{remaining} events undelivered, {len(failures)} failed: {failures[:3]}")
+    with EventPublisher(settings) as publisher:
+        for key, value in tqdm(records, total=total, unit="event", disable=not progress, file=sys.stderr):
+            publisher.send(key, value)
+            count += 1
     return PublishReport(count, 0, time.perf_counter() - started)
 
 
