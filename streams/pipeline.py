@@ -347,8 +347,8 @@ class Pipeline:
     def _write(self, products: list[_Product]) -> None:
         n = len(products)
         batch: dict[str, ModalityBatch] = {}
-        for modality in MODALITIES:
-            dim = self.models.fusion.dims[modality]
+        encoder_dims = {"text": self.models.text.dim, "image": self.models.image.dim, "video": self.models.video.dim}
+        for modality, dim in encoder_dims.items():
             vectors = np.zeros((n, dim), dtype=np.float32)
             present = np.zeros(n, dtype=bool)
             for i, product in enumerate(products):

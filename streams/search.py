@@ -22,6 +22,7 @@ from streams.settings import Settings
 from streams.store import Hit, ProductStore, SearchFilters
 
 MODES = ("similar", "text", "image", "video")
+RRF_K = 60  # the usual reciprocal-rank-fusion constant: a list's first hits count most, none dominate
 
 
 class QueryError(LookupError):
@@ -54,15 +55,21 @@ class Searcher:
 
     def _search(self, modality: str, encoded: np.ndarray, k: int, filters: SearchFilters | None) -> list[Hit]:
         """Project the query into the stored space and search every named vector of that space
-        (with a trained bundle, a text query also finds products by their photos); each
-        product keeps its best score."""
+        (with a trained bundle a text query also finds products by their photos). Cosines of
+        different named vectors are not on one scale (text-to-text runs higher than
+        text-to-image), so several result lists are merged by reciprocal-rank fusion."""
         vector = self.models.fusion.project(**{modality: encoded})[modality][0]
-        best: dict[str, Hit] = {}
-        for using in self.models.fusion.search_targets[modality]:
-            for hit in self.store.search(using, vector, k, filters):
-                if hit.product_id not in best or hit.score > best[hit.product_id].score:
-                    best[hit.product_id] = hit
-        return sorted(best.values(), key=lambda hit: -hit.score)[:k]
+        targets = self.models.fusion.search_targets[modality]
+        if len(targets) == 1:
+            return self.store.search(targets[0], vector, k, filters)
+        fused: dict[str, float] = {}
+        payloads: dict[str, dict[str, Any]] = {}
+        for using in targets:
+            for rank, hit in enumerate(self.store.search(using, vector, k, filters)):
+                fused[hit.product_id] = fused.get(hit.product_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+                payloads[hit.product_id] = hit.payload
+        ranked = sorted(fused.items(), key=lambda item: -item[1])[:k]
+        return [Hit(product_id, score, payloads[product_id]) for product_id, score in ranked]
 
     def answer(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         """Answer a query in its wire form (see ``query_request``); used by the HTTP API."""
