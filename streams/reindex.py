@@ -85,6 +85,7 @@ def reindex_command(settings: Settings) -> ReindexJob:
             _show(bar, status["total"], status["done"])
             time.sleep(0.5)
             status = get_json(url)
+        _show(bar, status["total"], status["done"])
     return ReindexJob(**status)
 
 
