@@ -32,7 +32,8 @@ import numpy as np
 from encoders_onnx.fusion import MODALITIES, FusionModel
 from encoders_onnx.session import l2_normalize
 from exporters.catalog import Catalog, CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
-from exporters.features import DEFAULT_CACHE_DIR, IMAGENET_CLASSES, Features, extract_features, zero_shot_bridge
+from exporters.features import (DEFAULT_CACHE_DIR, IMAGENET_CLASSES, Features, add_feature_arguments,
+                                extract_features, zero_shot_bridge)
 
 K = 10
 RECALL_KS = (1, 5, 10)
@@ -314,11 +315,8 @@ def format_table(report: Mapping[str, Any]) -> str:
 def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
     """Flags of ``shelfstream eval`` (the CLI adds this parser and calls :func:`run_eval`)."""
     add_catalog_arguments(parser)
-    parser.add_argument("--model-dir", default="models", help="folder of the exported encoders")
+    add_feature_arguments(parser)
     parser.add_argument("--bundle", help="fusion bundle folder (default: MODEL_DIR/fusion)")
-    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache folder")
-    parser.add_argument("--seed", type=int, default=0, help="split seed (the one training used)")
-    parser.add_argument("--providers", default="cpu", help="onnxruntime providers")
     parser.add_argument("--classes", default=str(IMAGENET_CLASSES), help="ImageNet class names (JSON list)")
     parser.add_argument("--no-single-baseline", action="store_true",
                         help="skip training the best-single-modality baseline (needs torch)")

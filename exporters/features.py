@@ -9,6 +9,7 @@ only its modality.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import io
@@ -30,6 +31,7 @@ from encoders_onnx.text import TextEncoder
 from encoders_onnx.video import VideoEncoder, VideoError, VideoLimits
 from exporters.catalog import Catalog
 from exporters.onnx_export import atomic_write
+from streams.settings import Settings
 
 DEFAULT_CACHE_DIR = Path(".shelfstream") / "features"
 IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.json")
@@ -262,3 +264,12 @@ def _encode_videos(encoder: VideoEncoder, paths: Sequence[Path | None]) -> np.nd
     if failed:
         print(f"video: {failed} videos could not be decoded", flush=True)
     return out
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where features come from and go (shared by ``train`` and ``eval``)."""
+    parser.add_argument("--model-dir", default=Settings.from_env().model_dir,
+                        help="folder of the exported encoders (default: SHELFSTREAM_MODEL_DIR)")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache folder")
+    parser.add_argument("--seed", type=int, default=0, help="split seed (eval: the one training used)")
+    parser.add_argument("--providers", default="cpu", help="onnxruntime providers for feature extraction")

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from encoders_onnx.fusion import BUNDLE_MANIFEST, FusionModel
 from exporters.catalog import Catalog, CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
 from exporters.evaluate import bundle_metrics, item_to_item, split_labels, text_to_image
-from exporters.features import DEFAULT_CACHE_DIR, Features, extract_features
+from exporters.features import DEFAULT_CACHE_DIR, Features, add_feature_arguments, extract_features
 from exporters.heads import (
     AlignmentHeads,
     FusionAutoencoder,
@@ -410,11 +410,8 @@ def train(
 def configure_train_parser(parser: argparse.ArgumentParser) -> None:
     """Flags of ``shelfstream train`` (the CLI adds this parser and calls :func:`run_train`)."""
     add_catalog_arguments(parser)
-    parser.add_argument("--model-dir", default="models", help="folder of the exported encoders")
+    add_feature_arguments(parser)
     parser.add_argument("--out", help="bundle folder to write (default: MODEL_DIR/fusion)")
-    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache folder")
-    parser.add_argument("--seed", type=int, default=0, help="split and training seed")
-    parser.add_argument("--providers", default="cpu", help="onnxruntime providers for feature extraction")
     for f in dataclasses.fields(TrainConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                             help=f"training knob (default {f.default})")
