@@ -242,3 +242,16 @@ def test_an_oversized_video_is_refused_before_decoding(settings, catalog, clip):
         assert "too_large" in pipeline.store.get(catalog[0].product_id).payload["errors"]["video"]
     finally:
         pipeline.close()
+
+
+def test_search_by_video_finds_the_product_by_its_video_or_its_photo(pipeline, catalog, settings, clip):
+    from streams.search import Searcher
+
+    pipeline.process(messages(catalog[0].derive(video_uri=clip), *catalog[1:20]))
+    searcher = Searcher(pipeline.store, pipeline.models, settings.max_image_pixels)
+    data = (Path(settings.media_root) / clip).read_bytes()
+    assert searcher.by_video(data, k=3)[0].product_id == catalog[0].product_id
+    # without a video stored, the photo alone still matches the clip
+    pipeline.process(messages(catalog[0].derive(version=2, video_uri=None)))
+    assert "video" not in pipeline.store.get(catalog[0].product_id, with_vectors=True).vector
+    assert searcher.by_video(data, k=3)[0].product_id == catalog[0].product_id
