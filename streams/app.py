@@ -111,7 +111,6 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(datadir / settings.app_id),
     )
     worker = WorkerState(settings)
-    app.shelfstream_worker = worker  # type: ignore[attr-defined]
     events = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw", partitions=1)
 

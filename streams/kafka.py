@@ -33,7 +33,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     missing = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in wanted.items() if name not in existing]
     if not missing:
         return
-    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+    for future in admin.create_topics(missing, request_timeout=timeout_s).values():
         try:
             future.result(timeout=timeout_s)
         except KafkaException as exc:

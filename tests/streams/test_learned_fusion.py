@@ -8,7 +8,6 @@ import dataclasses
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pytest
 
 from streams.pipeline import IncomingMessage, Pipeline
