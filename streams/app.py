@@ -31,6 +31,7 @@ from streams.store import ProductStore
 log = logging.getLogger("shelfstream.worker")
 
 REASON_HEADER = "shelfstream-reason"
+SOURCE_HEADER = "shelfstream-source"  # topic/partition/offset of the original event
 # Errors of the services themselves (Redis, Qdrant, the network): the batch is retried with
 # backoff until they come back, because committing past unwritten events would lose them.
 RETRY_FOREVER: tuple[type[BaseException], ...] = (
@@ -164,7 +165,7 @@ async def _send_dead_letter(topic: faust.TopicT, letter: DeadLetter) -> None:
     message = letter.message
     headers = {
         REASON_HEADER: letter.reason.encode(),
-        "shelfstream-source": f"{message.topic}/{message.partition}/{message.offset}".encode(),
+        SOURCE_HEADER: f"{message.topic}/{message.partition}/{message.offset}".encode(),
     }
     delivery = await topic.send(key=message.key, value=message.value or b"", headers=headers)
     await delivery  # delivered before the batch's offsets are committed

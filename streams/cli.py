@@ -72,6 +72,11 @@ def build_parser(with_training: bool = False) -> argparse.ArgumentParser:
         sub.add_argument("--price-max", type=float)
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    letters = command("dead-letters", cmd_dead_letters, "show rejected events with their reasons (from the start of the topic)")
+    letters.add_argument("-n", type=int, default=20, help="show at most this many (default 20)")
+    letters.add_argument("--wait", type=float, default=10.0, help="seconds to read for (default 10)")
+    letters.add_argument("--json", action="store_true", help="print JSON lines")
+
     export = command("export", cmd_export, "export the ONNX encoders from the packages that ship their weights")
     export.add_argument("--force", action="store_true", help="re-export even if the models exist")
 
@@ -163,6 +168,20 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> None:
         request = query_request("video", args.video.read_bytes(), args.k, filters)
     rows = run_query(settings, request)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+
+
+def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.app import REASON_HEADER, SOURCE_HEADER
+    from streams.kafka import read_topic
+
+    for record in read_topic(settings, settings.dead_letter_topic, expected=args.n, timeout_s=args.wait):
+        row = {
+            "source": record.headers.get(SOURCE_HEADER, ""),
+            "key": (record.key or b"").decode(errors="replace"),
+            "reason": record.headers.get(REASON_HEADER, ""),
+            "value": (record.value or b"").decode(errors="replace"),
+        }
+        print(json.dumps(row) if args.json else f"{row['source']}  key={row['key']}  {row['reason']}\n    {row['value'][:200]}")
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> None:

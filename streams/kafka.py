@@ -30,7 +30,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     wanted = {settings.events_topic: settings.partitions, settings.dead_letter_topic: 1}
     existing = admin.list_topics(timeout=timeout_s).topics
-    missing = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in wanted.items() if name not in existing]
+    # replication: the broker's default (3 on a typical production cluster, 1 on the embedded one)
+    missing = [NewTopic(name, num_partitions=n) for name, n in wanted.items() if name not in existing]
     if not missing:
         return
     for future in admin.create_topics(missing, request_timeout=timeout_s).values():

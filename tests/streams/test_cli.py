@@ -18,7 +18,7 @@ from streams.cli import build_parser, format_table, main
 from streams.settings import ENV_PREFIX, Settings
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "publish", "similar", "search", "export", "bench", "demo",
-            "make-videos", "train", "eval", "reindex"]
+            "make-videos", "train", "eval", "reindex", "dead-letters"]
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from streams.app import REASON_HEADER
+from streams.cli import main
 from streams.kafka import read_topic
 from streams.publish import publish_events, publish_raw
 from streams.models import load_models
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.integration
 JOIN_AND_INDEX_S = 180
 
 
-def test_worker_indexes_updates_deletes_and_dead_letters(settings: Settings, catalog, tmp_path: Path):
+def test_worker_indexes_updates_deletes_and_dead_letters(settings: Settings, catalog, tmp_path: Path, monkeypatch, capsys):
     products = catalog[:24]
     malformed = b'{"op": "upsert", "product_id": "broken", "version": '
     with WorkerProcess(settings, tmp_path / "worker.log") as worker:
@@ -38,6 +39,13 @@ def test_worker_indexes_updates_deletes_and_dead_letters(settings: Settings, cat
         assert [letter.value for letter in letters] == [malformed]
         assert letters[0].key == b"broken"
         assert "malformed JSON" in letters[0].headers[REASON_HEADER]
+        for variable, value in settings.to_env().items():
+            monkeypatch.setenv(variable, value)
+        capsys.readouterr()
+        assert main(["dead-letters", "-n", "1", "--wait", "30", "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert shown["value"] == malformed.decode() and shown["key"] == "broken"
+        assert "malformed JSON" in shown["reason"] and shown["source"].startswith(settings.events_topic + "/")
 
         # a price cut: the payload changes, no encoder runs
         cut = products[0].derive(version=2, price=10.0)
