@@ -25,11 +25,17 @@ def idempotent_producer(settings: Settings, **overrides: object) -> Producer:
     return Producer(config)
 
 
-def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
+def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> None:
     """Create the events topic (with ``settings.partitions``) and the dead-letter topic if absent."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 2})  # one clear error, not a log per retry
     wanted = {settings.events_topic: settings.partitions, settings.dead_letter_topic: 1}
-    existing = admin.list_topics(timeout=timeout_s).topics
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise RuntimeError(
+            f"no Kafka broker answers at {settings.kafka_bootstrap} ({exc.args[0].str()}): "
+            "start the embedded one with `shelfstream up` or set SHELFSTREAM_KAFKA_BOOTSTRAP"
+        ) from None
     # replication: the broker's default (3 on a typical production cluster, 1 on the embedded one)
     missing = [NewTopic(name, num_partitions=n) for name, n in wanted.items() if name not in existing]
     if not missing:
