@@ -157,32 +157,36 @@ class Pipeline:
             outcome.deleted.extend(deletes)
             outcome.counts["deleted"] += len(deletes)
         if upserts:
-            self._load_media(upserts)
-            unchanged: list[_Product] = []
-            changed: list[_Product] = []
-            for product in upserts:
-                stored = current.get(product.event.product_id)
-                (unchanged if stored is not None and stored.fingerprint == product.fingerprint else changed).append(product)
-            if unchanged:
-                self.store.overwrite_payloads(
-                    {p.event.product_id: self._payload(p, current[p.event.product_id].modalities) for p in unchanged}
-                )
-                outcome.counts["payload_only"] += len(unchanged)
-            if changed:
-                self._encode(changed, outcome)
-                self._write(changed)
-            self.cache.clear_tombstones(p.event.product_id for p in upserts)
-            outcome.indexed.extend(p.event.product_id for p in upserts)
-            outcome.counts["indexed"] += len(upserts)
-            for product in upserts:
-                for modality, reason in product.errors.items():
-                    outcome.dead_letters.append(DeadLetter(product.message, f"{modality}: {reason}"))
+            self._upsert(upserts, current, outcome)
         now = time.time()
         outcome.freshness_ms.extend(
             (now - e.event_time) * 1000.0 for e in [*deletes.values(), *(p.event for p in upserts)]
         )
         outcome.counts["dead_lettered"] += len(outcome.dead_letters)
         return outcome
+
+    def _upsert(self, upserts: list[_Product], current: dict[str, StoredState], outcome: BatchOutcome) -> None:
+        """Unchanged content: rewrite the payload only. Changed: encode (cache first), fuse, write."""
+        self._load_media(upserts)
+        unchanged: list[_Product] = []
+        changed: list[_Product] = []
+        for product in upserts:
+            stored = current.get(product.event.product_id)
+            (unchanged if stored is not None and stored.fingerprint == product.fingerprint else changed).append(product)
+        if unchanged:
+            self.store.overwrite_payloads(
+                {p.event.product_id: self._payload(p, current[p.event.product_id].modalities) for p in unchanged}
+            )
+            outcome.counts["payload_only"] += len(unchanged)
+        if changed:
+            self._encode(changed, outcome)
+            self._write(changed)
+        self.cache.clear_tombstones(p.event.product_id for p in upserts)
+        outcome.indexed.extend(p.event.product_id for p in upserts)
+        outcome.counts["indexed"] += len(upserts)
+        for product in upserts:
+            for modality, reason in product.errors.items():
+                outcome.dead_letters.append(DeadLetter(product.message, f"{modality}: {reason}"))
 
     def _latest_per_product(
         self, messages: Sequence[IncomingMessage], outcome: BatchOutcome
