@@ -62,6 +62,8 @@ def test_worker_indexes_updates_deletes_and_dead_letters(settings: Settings, cat
         assert len(similar) == 5 and products[1].product_id not in {row["product_id"] for row in similar}
         found = run_query(settings, query_request("text", products[2].title, 3, SearchFilters()))
         assert found[0]["product_id"] == products[2].product_id
+        with pytest.raises(QueryError, match="not_an_image"):
+            run_query(settings, query_request("image", b"not an image at all", 3, SearchFilters()))
 
         # a delete removes the point; a replay of the old version does not bring it back
         publish_raw(settings, [(products[3].product_id.encode(),
