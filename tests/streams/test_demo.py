@@ -1,0 +1,27 @@
+"""The newcomer's path: the demo on embedded services, from the sample catalog in the repository."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from infra.services import service_status
+from streams.demo import run_demo
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_demo_indexes_the_sample_catalog_answers_and_stops_its_services(model_dir: Path, tmp_path: Path, capsys):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings.from_env(env={}, state_dir=str(tmp_path), model_dir=str(model_dir), web_port=port)
+    assert run_demo(settings) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1] == "demo ok: 300 products indexed, 7 queries answered"
+    assert "re-encoded 0 modalities" in out
+    status = service_status(tmp_path / "demo")
+    assert not any(service.get("alive") for name, service in status.items() if name in {"kafka", "redis"})
