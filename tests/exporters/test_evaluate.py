@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,40 @@ def test_train_and_evaluate_end_to_end_on_a_myntra_subset(tmp_path: Path, model_
     assert all(len(m) == len(methods["random"]) for m in methods.values())
     assert methods["text_only"]["p@10_fine"] > methods["random"]["p@10_fine"]
     assert methods["learned_fusion"]["t2i_recall@10"] is not None and methods["text_only"]["t2i_recall@10"] is None
+
+
+@pytest.mark.skipif(not MYNTRA.is_dir(), reason="shared/datasets/myntra-fashion-small is absent")
+def test_another_retailers_catalog_needs_a_mapping_not_code(tmp_path: Path, model_dir: Path) -> None:
+    """JSONL, other column names, a category path instead of label columns, larger PNG photos in
+    their own folder: train and eval run unchanged, given only a mapping file."""
+    pytest.importorskip("torch")
+    from PIL import Image
+
+    from exporters.catalog import CatalogMapping
+    from exporters.evaluate import evaluate
+    from exporters.train import TrainConfig, train
+
+    rows = list(csv.DictReader((MYNTRA / "products.csv").open()))
+    subset = [r for r in rows if r["masterCategory"] in {"Apparel", "Footwear", "Accessories"}][240:480]
+    photos = tmp_path / "media" / "photos"
+    photos.mkdir(parents=True)
+    with (tmp_path / "catalog.jsonl").open("w") as out:
+        for r in subset:
+            with Image.open(MYNTRA / r["image"]) as image:
+                image.convert("RGB").resize((240, 320)).save(photos / f"sku-{r['id']}.png")
+            path = " > ".join([r["masterCategory"], r["subCategory"], r["articleType"]])
+            out.write(json.dumps({"sku": f"sku-{r['id']}", "name": r["productDisplayName"], "path": path,
+                                  "photo": f"photos/sku-{r['id']}.png"}) + "\n")
+    mapping_file = tmp_path / "mapping.json"
+    mapping_file.write_text(json.dumps({"id": "sku", "title": "name", "fine": ["path"], "coarse": ["path[:1]"],
+                                        "image": "photo", "media_root": str(tmp_path / "media")}))
+    mapping = CatalogMapping.from_dict(json.loads(mapping_file.read_text()))
+    config = TrainConfig(shared_dim=32, hidden=64, fused_dim=32, batch_size=64, max_epochs=3, patience=1, ae_bottleneck=32)
+    bundle = train(tmp_path / "catalog.jsonl", mapping, model_dir, tmp_path / "fusion", seed=0, config=config,
+                   cache_dir=tmp_path / "features")
+    assert bundle["training_data"]["products"] == len(subset)
+    report = evaluate(tmp_path / "catalog.jsonl", mapping, model_dir, tmp_path / "fusion", seed=0,
+                      cache_dir=tmp_path / "features", single_modality_baseline=False)
+    methods = {m["method"]: m for m in report["methods"]}
+    assert methods["image_only"]["p@10_fine"] > methods["random"]["p@10_fine"]
+    assert methods["learned_fusion"]["p@10_coarse"] > methods["random"]["p@10_coarse"]
