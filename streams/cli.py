@@ -1,6 +1,6 @@
-"""``shelfstream``: one console script for the embedded services, the worker, publishing,
-queries, exporting and benchmarking. Every knob is a ``SHELFSTREAM_*`` variable (``shelfstream
-settings`` lists them); flags here only say what to do."""
+"""shelfstream: real-time multimodal product embeddings. One command for the embedded services,
+the worker, publishing, queries, training, exporting and benchmarking. Every knob is a
+SHELFSTREAM_* environment variable (`shelfstream settings` lists them); flags only say what to do."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def build_parser(with_training: bool = False) -> argparse.ArgumentParser:
     publish.add_argument("--delete", action="store_true", help="publish deletes for the file's products instead")
 
     for name, help_text in (("similar", "products similar to a product (fused vector)"),
-                            ("search", "search products by text or by image")):
+                            ("search", "search products by text, image or video")):
         sub = command(name, cmd_query, help_text)
         if name == "similar":
             sub.add_argument("product_id")
