@@ -7,6 +7,7 @@ not thread-safe, so every call goes through one lock.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import uuid
@@ -17,6 +18,8 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Point ids are UUIDv5 of the product id: stable across workers, replays and machines.
 POINT_NAMESPACE = uuid.UUID("6f1d3c52-8a59-4c4e-9a8e-3b0c2f7d9e41")
@@ -117,12 +120,18 @@ class ProductStore:
         """Local mode commits SQLite once per point with a full fsync (~13 ms each): in WAL mode
         with ``synchronous=NORMAL`` a commit survives a crash of the process (not of the OS) at
         a fraction of the cost. A Qdrant server is untouched."""
+        if self.is_server:
+            return
         local = getattr(self.client, "_client", None)
+        tuned = 0
         for collection in getattr(local, "collections", {}).values():
             persistence = getattr(collection, "storage", None)
             if persistence is not None:
                 persistence.storage.execute("PRAGMA journal_mode=WAL")
                 persistence.storage.execute("PRAGMA synchronous=NORMAL")
+                tuned += 1
+        if not tuned:
+            log.warning("could not tune Qdrant local mode's SQLite (qdrant-client internals changed); writes stay slow")
 
     def serving_collection(self) -> str | None:
         """The collection the alias points at (None before any)."""
