@@ -31,7 +31,10 @@ from encoders_onnx.text import TextEncoder
 from encoders_onnx.video import VideoEncoder, VideoError, VideoLimits
 from exporters.catalog import Catalog
 from exporters.onnx_export import atomic_write
+from streams.media import MediaError, load_image
 from streams.settings import Settings
+
+MAX_TRAINING_IMAGE_PIXELS = Settings.from_env().max_image_pixels  # the limit the worker applies
 
 DEFAULT_CACHE_DIR = Path(".shelfstream") / "features"
 IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.json")
@@ -197,13 +200,13 @@ def _encode_texts(encoder: TextEncoder, texts: Sequence[str], batch_size: int) -
 
 
 def _load_image(path: Path | None) -> Image.Image | None:
-    """The decoded RGB image, or None when the file is missing or unreadable (counted as absent)."""
+    """The decoded RGB image exactly as the worker decodes it, or None when the file is missing or
+    unreadable (counted as absent)."""
     if path is None:
         return None
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError):
+        return load_image(path.read_bytes(), MAX_TRAINING_IMAGE_PIXELS)
+    except (OSError, MediaError):
         return None
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -454,7 +454,8 @@ def load_image(data: bytes, max_pixels: int) -> Image.Image:
             )
         try:
             image.load()  # first frame only, for animated formats
-            return image.convert("RGB")
+            # phone photos are often stored sideways with an EXIF orientation tag: encode them upright
+            return ImageOps.exif_transpose(image).convert("RGB")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise MediaError("too_many_pixels", str(exc)) from exc
         except Exception as exc:  # decoder errors on hostile bytes

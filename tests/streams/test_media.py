@@ -516,3 +516,13 @@ def test_allowed_formats_load_as_rgb(image, fmt):
 )
 def test_bad_images_are_refused(data, code):
     fails(code, load_image, data, 1_000_000)
+
+
+def test_exif_orientation_is_applied():
+    """A photo stored sideways with an EXIF orientation tag is decoded upright."""
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(buffer, "JPEG", exif=exif)
+    image = load_image(buffer.getvalue(), max_pixels=1_000_000)
+    assert image.size == (60, 80) and image.mode == "RGB"
