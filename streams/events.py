@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import faust
@@ -75,7 +75,7 @@ def parse_event(raw: bytes | str | None) -> ProductEvent:
 
 def event_from_dict(data: Mapping[str, Any]) -> ProductEvent:
     schema_version = data.get("schema_version", SCHEMA_VERSION)
-    if schema_version != SCHEMA_VERSION or isinstance(schema_version, bool):
+    if type(schema_version) is not int or schema_version != SCHEMA_VERSION:
         raise EventError(f"unsupported schema_version {schema_version!r} (supported: {SCHEMA_VERSION})")
     op = data.get("op")
     if op not in OPS:
@@ -186,7 +186,9 @@ def _event_time(value: Any) -> float:
         return float(value)
     if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             pass
+        else:  # a time without a zone is UTC, never the worker's local time
+            return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
     raise EventError(f"field 'event_time' must be epoch seconds or an ISO-8601 time, got {value!r}")

@@ -89,6 +89,7 @@ def test_missing_event_time_is_now():
         ("2024-01-02T03:04:05Z", datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()),
         ("2024-01-02T03:04:05+02:00", datetime(2024, 1, 2, 1, 4, 5, tzinfo=timezone.utc).timestamp()),
         ("2024-01-02T03:04:05.500Z", datetime(2024, 1, 2, 3, 4, 5, 500000, tzinfo=timezone.utc).timestamp()),
+        ("2024-01-02T03:04:05", datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()),  # no zone: UTC
     ],
 )
 def test_event_time_epoch_or_iso(value, expected):
@@ -167,7 +168,7 @@ def test_unknown_op():
 
 
 @pytest.mark.parametrize(
-    "version, shown", [(2, "2"), (0, "0"), ("1", "'1'"), (True, "True")],
+    "version, shown", [(2, "2"), (0, "0"), ("1", "'1'"), (True, "True"), (1.0, "1.0")],
 )
 def test_unsupported_schema_version(version, shown):
     assert reason(raw(**upsert(schema_version=version))) == f"unsupported schema_version {shown} (supported: 1)"
