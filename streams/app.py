@@ -209,7 +209,8 @@ def _add_query_api(app: faust.App, worker: WorkerState) -> None:
 
         async def post(self, request: Request) -> Response:
             pipeline = await asyncio.get_running_loop().run_in_executor(None, lambda: worker.pipeline)
-            return self.json(start_in_background(pipeline, worker.reindex_job).as_dict())
+            worker.reindex_job = start_in_background(pipeline, worker.reindex_job)
+            return self.json(worker.reindex_job.as_dict())
 
     @app.page("/query")
     class Query(View):

@@ -46,6 +46,7 @@ def run_reindex(pipeline: Pipeline, job: ReindexJob, on_progress: Callable[[Rein
             job.message = f"alias {store.alias!r} already serves {store.collection!r}: nothing to do"
         else:
             job.total = store.point_count(job.source)
+
             def progress(done: int) -> None:
                 job.done = done
                 on_progress(job)
@@ -60,11 +61,12 @@ def run_reindex(pipeline: Pipeline, job: ReindexJob, on_progress: Callable[[Rein
     return job
 
 
-def start_in_background(pipeline: Pipeline, job: ReindexJob) -> ReindexJob:
-    if job.state != "running":
-        job.__init__()  # type: ignore[misc]
-        job.state = "running"
-        threading.Thread(target=run_reindex, args=(pipeline, job), name="reindex", daemon=True).start()
+def start_in_background(pipeline: Pipeline, current: ReindexJob) -> ReindexJob:
+    """A new job running in a thread, or ``current`` if that one is still running."""
+    if current.state == "running":
+        return current
+    job = ReindexJob(state="running")
+    threading.Thread(target=run_reindex, args=(pipeline, job), name="reindex", daemon=True).start()
     return job
 
 

@@ -61,3 +61,24 @@ def test_reindex_moves_queries_to_the_new_version_without_reencoding(settings, c
         assert again.state == "done" and "nothing to do" in again.message
     finally:
         new.close()
+
+
+def test_reindex_through_the_running_worker_that_holds_local_mode(settings, catalog, tmp_path):
+    from streams.reindex import reindex_command
+    from streams.runner import WorkerProcess
+    from streams.search import query_request, run_query
+    from streams.store import SearchFilters
+
+    products = catalog[:8]
+    old = Pipeline.from_settings(settings)
+    old.process(messages(*products))
+    old.close()
+    new_settings = dataclasses.replace(settings, text_weight=0.2)
+    with WorkerProcess(new_settings, tmp_path / "worker.log"):
+        before = run_query(new_settings, query_request("similar", products[0].product_id, 3, SearchFilters()))
+        job = reindex_command(new_settings)  # the worker holds the Qdrant folder: it must do the work
+        assert job.state == "done", job.message
+        assert job.counts["reindexed"] == len(products) and job.counts.get("encoded_image", 0) == 0
+        after = run_query(new_settings, query_request("similar", products[0].product_id, 3, SearchFilters()))
+    assert [row["product_id"] for row in before] and [row["product_id"] for row in after]
+    assert before != after  # scores now come from the new fusion's vectors
