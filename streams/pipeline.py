@@ -15,6 +15,7 @@ Correctness rules kept here, in one place:
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -93,14 +94,23 @@ REINDEXED_FIELDS = ("product_id", "version", "title", "description", "attributes
                     "currency", "image_uris", "video_uri", "event_time")
 
 
+@dataclass(frozen=True)
+class Media:
+    """Fetched content with its sha256, computed once: the fingerprint and the cache keys use it."""
+
+    uri: str
+    data: bytes
+    digest: str
+
+
 @dataclass
 class _Product:
     """An upsert on its way through the batch: its media, vectors, and why a modality failed."""
 
     event: ProductEvent
     message: IncomingMessage
-    images: list[tuple[str, bytes]] = field(default_factory=list)  # (uri, content) of those fetched
-    video: tuple[str, bytes] | None = None
+    images: list[Media] = field(default_factory=list)  # those fetched
+    video: Media | None = None
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     fingerprint: str = ""
@@ -119,6 +129,9 @@ class Pipeline:
         self.image_limits = MediaLimits.for_images(settings)
         self.video_limits = MediaLimits.for_videos(settings)
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
+        # read-decide-write of a batch and of a re-index page must not interleave, or an older
+        # version could be written over a newer one between the check and the write
+        self._apply = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Pipeline":
@@ -137,6 +150,12 @@ class Pipeline:
     def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
         outcome = BatchOutcome()
         latest = self._latest_per_product(messages, outcome)
+        with self._apply:
+            self._apply_latest(latest, outcome)
+        outcome.counts["dead_lettered"] += len(outcome.dead_letters)
+        return outcome
+
+    def _apply_latest(self, latest: dict[str, tuple[ProductEvent, IncomingMessage]], outcome: BatchOutcome) -> None:
         current = self._current(list(latest))
         upserts: list[_Product] = []
         deletes: dict[str, ProductEvent] = {}
@@ -144,7 +163,8 @@ class Pipeline:
             known = current.get(product_id)
             if known is not None and event.version < known.version:
                 outcome.counts["stale_skipped"] += 1
-            elif known is not None and event.version == known.version:
+            elif known is not None and event.version == known.version and not (
+                    event.op == "delete" and known.fingerprint is not None):  # a delete wins a tie with a live point
                 outcome.counts["duplicates"] += 1
             elif event.op == "delete":
                 deletes[product_id] = event
@@ -162,8 +182,6 @@ class Pipeline:
         outcome.freshness_ms.extend(
             (now - e.event_time) * 1000.0 for e in [*deletes.values(), *(p.event for p in upserts)]
         )
-        outcome.counts["dead_lettered"] += len(outcome.dead_letters)
-        return outcome
 
     def _upsert(self, upserts: list[_Product], current: dict[str, StoredState], outcome: BatchOutcome) -> None:
         """Unchanged content: rewrite the payload only. Changed: encode (cache first), fuse, write."""
@@ -174,6 +192,8 @@ class Pipeline:
             stored = current.get(product.event.product_id)
             (unchanged if stored is not None and stored.fingerprint == product.fingerprint else changed).append(product)
         if unchanged:
+            for product in unchanged:  # decode errors were found when the content was encoded: keep them
+                product.errors = {**current[product.event.product_id].errors, **product.errors}
             self.store.overwrite_payloads(
                 {p.event.product_id: self._payload(p, current[p.event.product_id].modalities) for p in unchanged}
             )
@@ -231,15 +251,16 @@ class Pipeline:
         for page in self.store.pages(source, with_vectors=False):
             events = [event_from_dict({**{k: r.payload.get(k) for k in REINDEXED_FIELDS}, "op": "upsert"})
                       for r in page if r.payload]
-            current = self.store.states([e.product_id for e in events])
-            products = [_Product(e, IncomingMessage(None)) for e in events
-                        if e.product_id not in current or current[e.product_id].version < e.version]
-            outcome.counts["already_current"] += len(events) - len(products)
-            if products:
-                self._load_media(products)
-                self._encode(products, outcome)
-                self._write(products)
-                outcome.counts["reindexed"] += len(products)
+            with self._apply:
+                current = self._current([e.product_id for e in events])  # tombstones included
+                products = [_Product(e, IncomingMessage(None)) for e in events
+                            if e.product_id not in current or current[e.product_id].version < e.version]
+                outcome.counts["already_current"] += len(events) - len(products)
+                if products:
+                    self._load_media(products)
+                    self._encode(products, outcome)
+                    self._write(products)
+                    outcome.counts["reindexed"] += len(products)
             done += len(page)
             progress(done)
         return outcome.counts
@@ -268,31 +289,31 @@ class Pipeline:
             if error is not None:
                 product.fail(modality, uri, error)
             elif modality == "video":
-                product.video = (uri, data)
+                product.video = Media(uri, data, content_hash(data))
             else:
-                product.images.append((uri, data))
+                product.images.append(Media(uri, data, content_hash(data)))
         for product in products:
             product.fingerprint = content_hash(json.dumps({
                 "models": self.models.versions,
                 "text": product.event.text,
-                "images": [content_hash(data) for _, data in product.images],
-                "video": content_hash(product.video[1]) if product.video else None,
+                "images": [media.digest for media in product.images],
+                "video": product.video.digest if product.video else None,
             }, sort_keys=True).encode())
 
     def _encode(self, products: list[_Product], outcome: BatchOutcome) -> None:
         texts = [p.event.text for p in products]
-        text_vectors = self._cached("text", self.models.text.version, texts, [t.encode() for t in texts],
+        text_vectors = self._cached("text", self.models.text.version, texts, [content_hash(t.encode()) for t in texts],
                                     self._encode_texts, outcome)
         for product, vector in zip(products, text_vectors):
             product.vectors["text"] = vector  # text never fails: a blank title is rejected earlier
 
-        images = [(product, uri, data) for product in products for uri, data in product.images]
-        image_vectors = self._cached("image", self.models.image.version, [d for _, _, d in images],
-                                     [d for _, _, d in images], self._encode_images, outcome)
+        images = [(product, media) for product in products for media in product.images]
+        image_vectors = self._cached("image", self.models.image.version, [m.data for _, m in images],
+                                     [m.digest for _, m in images], self._encode_images, outcome)
         per_product: dict[str, list[np.ndarray]] = {}
-        for (product, uri, _), result in zip(images, image_vectors):
+        for (product, media), result in zip(images, image_vectors):
             if isinstance(result, str):
-                product.fail("image", uri, result)
+                product.fail("image", media.uri, result)
             else:
                 per_product.setdefault(product.event.product_id, []).append(result)
         for product in products:
@@ -301,11 +322,11 @@ class Pipeline:
                 product.vectors["image"] = l2_normalize(np.mean(found, axis=0, keepdims=True))[0]
 
         videos = [p for p in products if p.video is not None]
-        video_vectors = self._cached("video", self.models.video.version, [p.video[1] for p in videos],
-                                     [p.video[1] for p in videos], self._encode_videos, outcome)
+        video_vectors = self._cached("video", self.models.video.version, [p.video.data for p in videos],
+                                     [p.video.digest for p in videos], self._encode_videos, outcome)
         for product, result in zip(videos, video_vectors):
             if isinstance(result, str):
-                product.fail("video", product.video[0], result)
+                product.fail("video", product.video.uri, result)
             else:
                 product.vectors["video"] = result
 
@@ -326,13 +347,13 @@ class Pipeline:
         modality: str,
         model_version: str,
         inputs: list[T],
-        contents: list[bytes],
+        digests: list[str],
         encode: Callable[[list[T]], list[np.ndarray | str]],
         outcome: BatchOutcome,
     ) -> list[np.ndarray | str]:
         """Vectors for ``inputs``: from Redis by content hash, encoding (once per distinct
         content, in one batch) only what is missing. A string result is an error reason."""
-        keys = [feature_key(model_version, modality, content_hash(c)) for c in contents]
+        keys = [feature_key(model_version, modality, digest) for digest in digests]
         results: list[np.ndarray | str | None] = list(self.cache.get_many(keys))
         missing: dict[str, int] = {}
         for i, (key, result) in enumerate(zip(keys, results)):

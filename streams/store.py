@@ -58,8 +58,9 @@ class StoredState:
     """What the pipeline needs to know of a stored product to order and skip work."""
 
     version: int
-    fingerprint: str | None = None
+    fingerprint: str | None = None  # None: a tombstone, not a live point
     modalities: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,11 +156,11 @@ class ProductStore:
         with self._lock:
             records = self.client.retrieve(
                 self.collection, [point_id(pid) for pid in product_ids],
-                with_payload=["product_id", "version", "fingerprint", "modalities"],
+                with_payload=["product_id", "version", "fingerprint", "modalities", "errors"],
             )
         return {
             r.payload["product_id"]: StoredState(int(r.payload["version"]), r.payload.get("fingerprint"),
-                                                 list(r.payload.get("modalities", [])))
+                                                 list(r.payload.get("modalities", [])), dict(r.payload.get("errors") or {}))
             for r in records if r.payload
         }
 

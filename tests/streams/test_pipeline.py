@@ -255,3 +255,23 @@ def test_search_by_video_finds_the_product_by_its_video_or_its_photo(pipeline, c
     pipeline.process(messages(catalog[0].derive(version=2, video_uri=None)))
     assert "video" not in pipeline.store.get(catalog[0].product_id, with_vectors=True).vector
     assert searcher.by_video(data, k=3)[0].product_id == catalog[0].product_id
+
+
+def test_a_delete_wins_a_tie_with_the_stored_version(pipeline, catalog):
+    pipeline.process(messages(catalog[0].derive(version=5)))
+    delete = {"op": "delete", "product_id": catalog[0].product_id, "version": 5}
+    outcome = pipeline.process([IncomingMessage(json.dumps(delete).encode())])
+    assert outcome.counts["deleted"] == 1 and pipeline.store.get(catalog[0].product_id) is None
+    again = pipeline.process([IncomingMessage(json.dumps(delete).encode())])
+    assert again.counts["duplicates"] == 1 and again.counts["deleted"] == 0
+
+
+def test_a_price_update_keeps_the_decode_error_in_the_payload(pipeline, catalog, settings):
+    (Path(settings.media_root) / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 500)
+    broken = catalog[0].derive(image_uris=["images/corrupt.jpg"])
+    pipeline.process(messages(broken))
+    error = pipeline.store.get(broken.product_id).payload["errors"]["image"]
+    outcome = pipeline.process(messages(broken.derive(version=2, price=1.0)))
+    assert outcome.counts["payload_only"] == 1
+    payload = pipeline.store.get(broken.product_id).payload
+    assert payload["price"] == 1.0 and payload["errors"] == {"image": error} and payload["modalities"] == ["text"]

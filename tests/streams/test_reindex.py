@@ -82,3 +82,21 @@ def test_reindex_through_the_running_worker_that_holds_local_mode(settings, cata
         after = run_query(new_settings, query_request("similar", products[0].product_id, 3, SearchFilters()))
     assert [row["product_id"] for row in before] and [row["product_id"] for row in after]
     assert before != after  # scores now come from the new fusion's vectors
+
+
+def test_reindex_does_not_bring_back_a_product_deleted_by_a_new_worker(settings, catalog):
+    import json
+
+    old = Pipeline.from_settings(settings)
+    old.process(messages(*catalog[:4]))
+    old.close()
+    new = Pipeline.from_settings(dataclasses.replace(settings, text_weight=0.2))
+    try:
+        delete = {"op": "delete", "product_id": catalog[0].product_id, "version": 2}
+        new.process([IncomingMessage(json.dumps(delete).encode())])
+        job = run_reindex(new, ReindexJob())
+        assert job.counts["reindexed"] == 3 and job.counts["already_current"] == 1
+        assert new.store.get(catalog[0].product_id) is None
+        assert new.store.count() == 3
+    finally:
+        new.close()
