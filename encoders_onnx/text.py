@@ -37,6 +37,12 @@ def tokenize(tokenizer: Tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray
     }
 
 
+def encoder_text(title: str, description: str = "") -> str:
+    """What the text encoder reads for a product: the title, then the description when there is
+    one. Serving and training both call this, so their vectors come from the same string."""
+    return f"{title}. {description}".strip() if description else title
+
+
 class TextEncoder:
     """``encode(texts) -> (n, 384)`` float32 unit vectors; needs only the model folder."""
 

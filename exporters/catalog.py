@@ -42,6 +42,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from encoders_onnx.text import encoder_text
+
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 LABEL_JOIN = " / "
@@ -94,7 +96,7 @@ class Product:
     @property
     def text(self) -> str:
         """What the text encoder sees: the title, then the description when there is one."""
-        return f"{self.title}. {self.description}" if self.description else self.title
+        return encoder_text(self.title, self.description or "")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from exporters.onnx_export import atomic_write
 from streams.media import MediaError, load_image
 from streams.settings import Settings
 
-MAX_TRAINING_IMAGE_PIXELS = Settings.from_env().max_image_pixels  # the limit the worker applies
+# media are decoded with the worker's settings, so that training sees what serving sees
+WORKER_SETTINGS = Settings.from_env()
 
 DEFAULT_CACHE_DIR = Path(".shelfstream") / "features"
 IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.json")
@@ -98,8 +99,8 @@ def extract_features(
     present["text"] = np.array([bool(t) for t in texts])
     versions["text"] = text.version
 
+    image = ImageEncoder(model_dir, providers) if catalog.mapping.image or catalog.mapping.video else None
     if catalog.mapping.image:
-        image = ImageEncoder(model_dir, providers)
         paths = [p.image for p in catalog.products]
         vectors["image"] = _cached(
             cache, "image", image.version, _media_keys(paths), lambda: _encode_images(image, paths, batch_size, threads)
@@ -108,7 +109,8 @@ def extract_features(
         versions["image"] = image.version
 
     if catalog.mapping.video:
-        video = VideoEncoder(ImageEncoder(model_dir, providers), VideoLimits())
+        video = VideoEncoder(image, VideoLimits.from_settings(WORKER_SETTINGS),
+                             WORKER_SETTINGS.video_pooling)
         paths = [p.video for p in catalog.products]
         vectors["video"] = _cached(cache, "video", video.version, _media_keys(paths), lambda: _encode_videos(video, paths))
         present["video"] = np.linalg.norm(vectors["video"], axis=1) > 0
@@ -205,7 +207,7 @@ def _load_image(path: Path | None) -> Image.Image | None:
     if path is None:
         return None
     try:
-        return load_image(path.read_bytes(), MAX_TRAINING_IMAGE_PIXELS)
+        return load_image(path.read_bytes(), WORKER_SETTINGS.max_image_pixels)
     except (OSError, MediaError):
         return None
 
@@ -271,7 +273,7 @@ def _encode_videos(encoder: VideoEncoder, paths: Sequence[Path | None]) -> np.nd
 
 def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
     """Where features come from and go (shared by ``train`` and ``eval``)."""
-    parser.add_argument("--model-dir", default=Settings.from_env().model_dir,
+    parser.add_argument("--model-dir", default=WORKER_SETTINGS.model_dir,
                         help="folder of the exported encoders (default: SHELFSTREAM_MODEL_DIR)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache folder")
     parser.add_argument("--seed", type=int, default=0, help="split seed (eval: the one training used)")

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import faust
 
+from encoders_onnx.text import encoder_text
+
 SCHEMA_VERSION = 1
 OPS = ("upsert", "delete")
 MAX_ID_LENGTH = 256
@@ -50,7 +52,7 @@ class ProductEvent(faust.Record, serializer="json"):
     @property
     def text(self) -> str:
         """What the text encoder reads: title, then description (attributes stay in the payload)."""
-        return f"{self.title}. {self.description}".strip() if self.description else self.title
+        return encoder_text(self.title, self.description)
 
     def derive(self, **changes: Any) -> "ProductEvent":
         """A copy with some fields changed (a newer version, a new price, ...)."""

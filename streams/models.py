@@ -28,13 +28,13 @@ def load_models(settings: Settings) -> Models:
     text = TextEncoder(settings.model_dir, providers=settings.providers)
     image = ImageEncoder(settings.model_dir, providers=settings.providers)
     video = VideoEncoder(image, VideoLimits.from_settings(settings), settings.video_pooling, settings.batch_size)
-    return Models(text, image, video, load_fusion(settings, text, image))
+    return Models(text, image, video, load_fusion(settings, text, image, video))
 
 
-def load_fusion(settings: Settings, text: TextEncoder, image: ImageEncoder) -> Fusion:
+def load_fusion(settings: Settings, text: TextEncoder, image: ImageEncoder, video: VideoEncoder) -> Fusion:
     """The trained bundle the settings name, checked against the serving encoders; else concatenation."""
     if not settings.fusion_bundle:
         return ConcatFusion(text.dim, image.dim, settings.text_weight)
     bundle = FusionModel(settings.fusion_bundle, settings.providers, settings.fusion_method)
-    bundle.check_encoders({"text": text.version, "image": image.version})
+    bundle.check_encoders({"text": text.version, "image": image.version, "video": video.version})
     return bundle
