@@ -10,7 +10,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Iterator, Literal, Mapping, Sequence, TypeVar
+from typing import Any, Iterator, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -74,6 +74,17 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Row-wise unit vectors (float32); an all-zero row stays zero instead of becoming NaN."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
+def exported_manifest(model_dir: Path, name: str) -> dict[str, Any] | None:
+    """The manifest of a complete export (graph, manifest and assets present), else None."""
+    manifest_path = model_dir / f"{name}.manifest.json"
+    if not (manifest_path.is_file() and (model_dir / f"{name}.onnx").is_file()):
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if not all((model_dir / asset).is_file() for asset in manifest["extra"].get("assets", [])):
+        return None
+    return manifest
 
 
 class OnnxModel:

@@ -6,7 +6,6 @@ manifests and the tokenizer, with no torch or package lookups at serving time.
 
 from __future__ import annotations
 
-import json
 import time
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from encoders_onnx.image import IMAGE_MODEL
-from encoders_onnx.session import file_sha256
+from encoders_onnx.session import exported_manifest, file_sha256
 from encoders_onnx.text import TEXT_MODEL, load_tokenizer, tokenize
 from exporters.models import load_minilm, load_mobilenet_v2, minilm_path, mobilenet_weights_path
 from exporters.onnx_export import atomic_write, export_onnx
@@ -102,23 +101,12 @@ EXPORTERS: dict[str, Callable[[str | Path], dict[str, Any]]] = {
 }
 
 
-def _existing_manifest(model_dir: Path, name: str) -> dict[str, Any] | None:
-    """The manifest of a complete earlier export (graph, manifest and assets present), else None."""
-    manifest_path = model_dir / f"{name}.manifest.json"
-    if not (manifest_path.is_file() and (model_dir / f"{name}.onnx").is_file()):
-        return None
-    manifest = json.loads(manifest_path.read_text())
-    if not all((model_dir / asset).is_file() for asset in manifest["extra"].get("assets", [])):
-        return None
-    return manifest
-
-
 def export_all(model_dir: str | Path, force: bool = False) -> list[dict[str, Any]]:
     """Export every encoder into ``model_dir``; one already there is kept unless ``force``."""
     model_dir = Path(model_dir)
     manifests = []
     for name, export in EXPORTERS.items():
-        manifest = None if force else _existing_manifest(model_dir, name)
+        manifest = None if force else exported_manifest(model_dir, name)
         if manifest is not None:
             print(f"{name}: up to date in {model_dir} (version {manifest['version']})", flush=True)
         else:

@@ -5,6 +5,7 @@ SHELFSTREAM_* environment variable (`shelfstream settings` lists them); flags on
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -12,16 +13,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from streams.settings import Settings
-from streams.videogen import add_make_videos_arguments, make_videos_main
 
 
-TRAINING_COMMANDS = ("train", "eval")
+# Commands whose flags are defined beside heavy imports (torch, PyAV): those are imported only
+# when that command runs, so the worker and the quick commands never load them.
+LAZY_FLAGS = {
+    "train": ("exporters.train", "configure_train_parser"),
+    "eval": ("exporters.evaluate", "configure_eval_parser"),
+    "make-videos": ("streams.videogen", "add_make_videos_arguments"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # the training flags come from exporters/ (torch): build them only when training is asked for
-    parser = build_parser(with_training=bool(argv) and argv[0] in TRAINING_COMMANDS)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -33,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def build_parser(with_training: bool = False) -> argparse.ArgumentParser:
+def build_parser(running: str | None = None) -> argparse.ArgumentParser:
+    """All commands; the flags of ``running`` included even when they live beside heavy imports."""
     parser = argparse.ArgumentParser(prog="shelfstream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -86,22 +92,19 @@ def build_parser(with_training: bool = False) -> argparse.ArgumentParser:
     bench.add_argument("--mapping", type=Path, help="column mapping of the dataset (default: demo/catalog/mapping.json)")
     bench.add_argument("--json", action="store_true", help="print only the JSON result")
 
-    train = command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle")
-    evaluate = command("eval", cmd_eval, "evaluate text, image, early/late/learned/autoencoder fusion and baselines on the test split")
-    if with_training:
-        try:  # without the export extra these commands explain what to install
-            from exporters.evaluate import configure_eval_parser
-            from exporters.train import configure_train_parser
-
-            configure_train_parser(train)
-            configure_eval_parser(evaluate)
-        except ImportError as exc:
-            train.set_defaults(missing=exc)
-            evaluate.set_defaults(missing=exc)
+    lazy = {
+        "train": command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle"),
+        "eval": command("eval", cmd_eval, "evaluate text, image, early/late/learned/autoencoder fusion and baselines on the test split"),
+    }
     command("reindex", cmd_reindex, "re-embed the served catalog with the configured models, then switch queries to it")
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
-    videos = command("make-videos", cmd_make_videos, "make test clips from product images (no real product videos exist here)")
-    add_make_videos_arguments(videos)
+    lazy["make-videos"] = command("make-videos", cmd_make_videos, "make test clips from product images (no real product videos exist here)")
+    if running in LAZY_FLAGS:
+        module, function = LAZY_FLAGS[running]
+        try:  # without the export extra, train and eval explain what to install
+            getattr(importlib.import_module(module), function)(lazy[running])
+        except ImportError as exc:
+            lazy[running].set_defaults(missing=exc)
     return parser
 
 
@@ -232,6 +235,8 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_make_videos(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.videogen import make_videos_main
+
     make_videos_main(args)
 
 

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 from streams.cli import format_table
+from streams.models import ensure_exported
 from streams.publish import catalog_events, load_mapping, publish_events
 from streams.runner import WorkerProcess
 from streams.search import query_request, run_query
@@ -25,12 +26,11 @@ VIDEO_PRODUCTS = 20  # products that get a generated clip (no real product video
 
 
 def run_demo(settings: Settings, catalog: Path = CATALOG) -> int:
-    from exporters.encoders import ensure_models
     from infra.services import start_services, stop_services
 
     state_dir = settings.state_path / "demo"
     shutil.rmtree(state_dir / "qdrant", ignore_errors=True)
-    ensure_models(Path(settings.model_dir))
+    ensure_exported(Path(settings.model_dir))
     print(f"starting embedded services in {state_dir}")
     services = start_services(state_dir)
     demo = dataclasses.replace(

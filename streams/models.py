@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from encoders_onnx.fusion import ConcatFusion, Fusion, FusionModel
-from encoders_onnx.image import ImageEncoder
-from encoders_onnx.text import TextEncoder
+from encoders_onnx.image import IMAGE_MODEL, ImageEncoder
+from encoders_onnx.session import exported_manifest
+from encoders_onnx.text import TEXT_MODEL, TextEncoder
 from encoders_onnx.video import VideoEncoder, VideoLimits
 from streams.settings import Settings
 
@@ -22,6 +24,18 @@ class Models:
     def versions(self) -> dict[str, str]:
         return {"text": self.text.version, "image": self.image.version, "video": self.video.version,
                 "fusion": self.fusion.version}
+
+
+def ensure_exported(model_dir: Path) -> None:
+    """Export the encoders if they are missing; torch (the export extra) is imported only then."""
+    if all(exported_manifest(model_dir, name) for name in (TEXT_MODEL, IMAGE_MODEL)):
+        return
+    try:
+        from exporters.encoders import ensure_models
+    except ImportError as exc:
+        raise RuntimeError(f"no exported models in {model_dir} and no torch to export them ({exc}): "
+                           "pip install -e '.[export]' and run `shelfstream export`") from None
+    ensure_models(model_dir)
 
 
 def load_models(settings: Settings) -> Models:
