@@ -83,10 +83,10 @@ class WorkerState:
                 merged.merge(self.process([message]))
             return merged
 
-    def status(self) -> dict[str, Any]:
+    def status(self, stats: Stats | None = None) -> dict[str, Any]:
         store: ProductStore = self.pipeline.store
         return {
-            **self.stats.snapshot(),
+            **(stats or self.stats).snapshot(),
             "points": store.count(),
             "collection": store.collection,
             "model_version": self.pipeline.models.versions,
@@ -125,8 +125,7 @@ def create_app(settings: Settings) -> faust.App:
                 for e in batch
             ]
             outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages))
-            for letter in outcome.dead_letters:
-                await _send_dead_letter(dead_letters, letter)
+            await _send_dead_letters(dead_letters, outcome.dead_letters)
             worker.stats.add(outcome)
             log.info("batch of %d: %s", len(messages), dict(outcome.counts))
 
@@ -160,15 +159,18 @@ async def _with_retry(attempt: Callable[[], Awaitable[BatchOutcome]], max_delay_
             delay = min(delay * 2, max_delay_s)
 
 
-async def _send_dead_letter(topic: faust.TopicT, letter: DeadLetter) -> None:
-    """The original bytes, unchanged, with the reason and the source position in headers."""
-    message = letter.message
-    headers = {
-        REASON_HEADER: letter.reason.encode(),
-        SOURCE_HEADER: f"{message.topic}/{message.partition}/{message.offset}".encode(),
-    }
-    delivery = await topic.send(key=message.key, value=message.value or b"", headers=headers)
-    await delivery  # delivered before the batch's offsets are committed
+async def _send_dead_letters(topic: faust.TopicT, letters: Sequence[DeadLetter]) -> None:
+    """The original bytes, unchanged, with the reason and the source position in headers; all
+    sent at once and all delivered before the batch's offsets are committed."""
+    deliveries = []
+    for letter in letters:
+        message = letter.message
+        headers = {
+            REASON_HEADER: letter.reason.encode(),
+            SOURCE_HEADER: f"{message.topic}/{message.partition}/{message.offset}".encode(),
+        }
+        deliveries.append(await topic.send(key=message.key, value=message.value or b"", headers=headers))
+    await asyncio.gather(*deliveries)
 
 
 def _add_query_api(app: faust.App, worker: WorkerState) -> None:
@@ -183,9 +185,10 @@ def _add_query_api(app: faust.App, worker: WorkerState) -> None:
     class StatsView(View):
         async def get(self, request: Request) -> Response:
             """Counters and freshness; ``?reset=1`` starts a new measuring window (benchmarks)."""
-            status = await asyncio.get_running_loop().run_in_executor(None, worker.status)
+            stats = worker.stats
             if request.query.get("reset") in {"1", "true"}:
-                worker.stats = Stats()
+                worker.stats = Stats()  # swapped on the loop thread: no batch falls between windows
+            status = await asyncio.get_running_loop().run_in_executor(None, worker.status, stats)
             return self.json(status)
 
     @app.page("/products/{product_id}")

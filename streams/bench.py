@@ -12,6 +12,7 @@ Phases, each on products the previous phases did not see:
 from __future__ import annotations
 
 import dataclasses
+from itertools import islice
 import shutil
 import sys
 import time
@@ -25,7 +26,7 @@ from streams.events import ProductEvent
 from streams.media import MediaLimits, fetch_bytes, load_image
 from streams.models import Models, load_models
 from streams.publish import EventPublisher, catalog_events, load_mapping, publish_events, publish_raw
-from streams.runner import WorkerProcess
+from streams.runner import WorkerProcess, encoded_count
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
     if not catalog.exists():
         raise FileNotFoundError(f"no catalog at {catalog}: pass --dataset DIR (a folder with products.csv)")
     say = (lambda *_: None) if quiet else (lambda *parts: print(*parts, file=sys.stderr, flush=True))
-    events = list(_first(catalog_events(catalog, load_mapping(str(mapping_path)), version=1), WARMUP + n + FRESHNESS_PRODUCTS))
+    events = list(islice(catalog_events(catalog, load_mapping(str(mapping_path)), version=1), WARMUP + n + FRESHNESS_PRODUCTS))
     if len(events) < WARMUP + n + FRESHNESS_PRODUCTS:
         raise ValueError(f"{catalog} has {len(events)} usable products; the benchmark needs {WARMUP + n + FRESHNESS_PRODUCTS}")
     warmup, measured, fresh = events[:WARMUP], events[WARMUP:WARMUP + n], events[WARMUP + n:]
@@ -78,9 +79,9 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
             updates = [e.derive(version=1 + r, price=round((e.price or 100.0) * (1 - r / 100), 2))
                        for r in range(1, PRICE_ROUNDS + 1) for e in measured]
             indexed = WARMUP + n + len(updates)
-            encoded_before = _encoded(worker.stats())
+            encoded_before = encoded_count(worker.stats())
             update_rate = _timed_rate(bench_settings, worker, updates, lambda s: s["counts"].get("indexed", 0) >= indexed)
-            encoded_on_update = _encoded(worker.stats()) - encoded_before
+            encoded_on_update = encoded_count(worker.stats()) - encoded_before
 
             pace = e2e_rate / 2
             say(f"[4/4] freshness: {len(fresh)} new products at a steady {pace:.0f}/s")
@@ -132,17 +133,6 @@ def _timed_rate(settings: Settings, worker: WorkerProcess, events: list[ProductE
     publish_raw(settings, records)
     worker.wait_until(done, 1800, f"{len(events)} events", poll_s=0.1)
     return len(events) / (time.perf_counter() - started)
-
-
-def _encoded(stats: dict[str, Any]) -> int:
-    return sum(value for key, value in stats["counts"].items() if key.startswith("encoded_"))
-
-
-def _first(items: Any, count: int) -> Any:
-    for index, item in enumerate(items):
-        if index >= count:
-            return
-        yield item
 
 
 def _machine() -> str:

@@ -22,6 +22,7 @@ import csv
 import json
 import sys
 import time
+from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -192,7 +193,7 @@ def publish_file(settings: Settings, path: Path, mapping: Mapping[str, Any], ver
 
     events: Iterable[ProductEvent] = catalog_events(path, mapping, version, on_error=reject)
     if limit is not None:
-        events = (event for _, event in zip(range(limit), events))
+        events = islice(events, limit)
     total = limit if limit is not None else _count_rows(path)
     report = publish_events(settings, events, total=total, progress=progress)
     return PublishReport(report.published, len(rejected), report.seconds)

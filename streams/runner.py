@@ -15,6 +15,11 @@ from streams.search import get_json
 from streams.settings import Settings
 
 
+def encoded_count(stats: dict[str, Any]) -> int:
+    """How many modality vectors the worker has encoded (all of ``encoded_text/image/video``)."""
+    return sum(value for key, value in stats["counts"].items() if key.startswith("encoded_"))
+
+
 class WorkerProcess:
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
