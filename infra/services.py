@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-STATE_FILE = "services.json"
+from streams.settings import STATE_FILE, Settings, read_service_state
+
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 20
@@ -131,7 +132,7 @@ def start_services(state_dir: Path | str, timeout_s: float = START_TIMEOUT_S) ->
     state_dir = _resolve(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir):
-        recorded = _read_state(state_dir).get("services", {})
+        recorded = read_service_state(state_dir).get("services", {})
         records: dict[str, dict[str, Any]] = {}
         launched: list[_Service] = []
         try:
@@ -149,7 +150,7 @@ def start_services(state_dir: Path | str, timeout_s: float = START_TIMEOUT_S) ->
                 _stop(service, records[service.name])
             raise
         if records == recorded:
-            return _read_state(state_dir)
+            return read_service_state(state_dir)
         state = {
             "kafka_bootstrap": f"127.0.0.1:{records['kafka']['port']}",
             "redis_url": f"redis://127.0.0.1:{records['redis']['port']}/0",
@@ -166,7 +167,7 @@ def stop_services(state_dir: Path | str, grace_s: float = STOP_GRACE_S) -> list[
     if not state_dir.is_dir():
         return []
     with _locked(state_dir):
-        recorded = _read_state(state_dir).get("services", {})
+        recorded = read_service_state(state_dir).get("services", {})
         stopped = []
         for service in SERVICES:
             record = recorded.get(service.name)
@@ -179,10 +180,8 @@ def stop_services(state_dir: Path | str, grace_s: float = STOP_GRACE_S) -> list[
 
 def service_status(state_dir: Path | str) -> dict[str, dict[str, Any]]:
     """Per recorded service: pid, port, alive (still our process), answering; plus Qdrant's target."""
-    from streams.settings import Settings
-
     state_dir = _resolve(state_dir)
-    recorded = _read_state(state_dir).get("services", {})
+    recorded = read_service_state(state_dir).get("services", {})
     status: dict[str, dict[str, Any]] = {}
     for service in SERVICES:
         record = recorded.get(service.name)
@@ -306,13 +305,6 @@ def _locked(state_dir: Path) -> Iterator[None]:
     with open(state_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
-
-
-def _read_state(state_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((state_dir / STATE_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 def _write_state(state_dir: Path, state: dict[str, Any]) -> None:

@@ -108,9 +108,12 @@ class Settings:
         ]
 
 
+STATE_FILE = "services.json"  # written by infra.services, read here for the default addresses
+
+
 def read_service_state(state_dir: Path) -> dict[str, Any]:
     """The addresses recorded by ``shelfstream up`` (empty when it has not run)."""
-    path = state_dir / "services.json"
+    path = state_dir / STATE_FILE
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
