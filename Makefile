@@ -10,6 +10,7 @@ demo: models
 	$(BIN)/shelfstream demo
 
 test: models
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 install: $(VENV)/.installed

@@ -43,10 +43,8 @@ its declared duration (a WebM cut short decodes cleanly up to the cut) is ``"tru
 from __future__ import annotations
 
 import io
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 import av
@@ -54,10 +52,9 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
+from encoders_onnx.decoding import MediaError
 from encoders_onnx.image import ImageEncoder
 from encoders_onnx.session import l2_normalize
-from streams.media import MediaError
-from streams.videogen import make_clip
 
 Pooling = Literal["mean", "distinct"]
 POOLINGS: tuple[str, ...] = ("mean", "distinct")
@@ -253,36 +250,6 @@ class VideoEncoder:
         return l2_normalize((weights @ frame_vectors)[None, :])[0]
 
 
-def bench_video(
-    image_encoder: ImageEncoder,
-    limits: VideoLimits,
-    n: int = 30,
-    images: Sequence[Image.Image] | None = None,
-    pooling: Pooling | str = "mean",
-    batch: int = 8,
-) -> dict[str, float]:
-    """``video_ms_p50`` / ``video_ms_p99``: decode + sample + encode of one 5 s 320x240 h264 clip of
-    3 shots, one video at a time; ``video_items_per_s``: the same clip through ``encode_many`` in
-    batches of ``batch``, as the worker runs it. ``images`` default to the first 3 Myntra photos."""
-    encoder = VideoEncoder(image_encoder, limits, pooling)
-    clip = _bench_clip(images if images is not None else _myntra_images(3))
-    encoder.encode(clip)  # warm-up: onnxruntime allocations, decoder init
-    latencies = []
-    for _ in range(n):
-        started = time.perf_counter()
-        encoder.encode(clip)
-        latencies.append((time.perf_counter() - started) * 1000)
-    started = time.perf_counter()
-    for first in range(0, n, batch):
-        encoder.encode_many([clip] * min(batch, n - first))
-    elapsed = time.perf_counter() - started
-    return {
-        "video_ms_p50": float(np.percentile(latencies, 50)),
-        "video_ms_p99": float(np.percentile(latencies, 99)),
-        "video_items_per_s": n / elapsed,
-    }
-
-
 class _DecoderFailed(Exception):
     """Raised from the decoding loop with the FFmpeg error as its cause, so sampling can keep what it has."""
 
@@ -410,18 +377,3 @@ def _signature(thumb: av.VideoFrame) -> np.ndarray:
     bins = (thumb.to_ndarray() >> (8 - HIST_BITS)).astype(np.uint16)
     index = (bins[..., 0] << (2 * HIST_BITS)) | (bins[..., 1] << HIST_BITS) | bins[..., 2]
     return (np.bincount(index.ravel(), minlength=1 << (3 * HIST_BITS)) / index.size).astype(np.float32)
-
-
-def _bench_clip(images: Sequence[Image.Image]) -> bytes:
-    """The benchmark's clip, written to a temporary file by the test-clip generator."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return make_clip(images, Path(tmp) / "bench.mp4", codec="h264", seconds=5.0, size=(320, 240)).read_bytes()
-
-
-def _myntra_images(count: int) -> list[Image.Image]:
-    """The first ``count`` Myntra product photos (the shared dataset the benchmark is defined on)."""
-    folder = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "myntra-fashion-small" / "images"
-    paths = sorted(folder.glob("*.jpg"))[:count]
-    if len(paths) < count:
-        raise FileNotFoundError(f"bench_video needs {count} Myntra images in {folder}; pass images= instead")
-    return [Image.open(path).convert("RGB") for path in paths]

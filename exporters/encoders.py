@@ -16,8 +16,13 @@ import torch
 from encoders_onnx.image import IMAGE_MODEL
 from encoders_onnx.session import exported_manifest, file_sha256
 from encoders_onnx.text import TEXT_MODEL, load_tokenizer, tokenize
-from exporters.models import load_minilm, load_mobilenet_v2, minilm_path, mobilenet_weights_path
 from exporters.onnx_export import atomic_write, export_onnx
+from exporters.torch_models import (
+    load_minilm,
+    load_mobilenet_v2,
+    minilm_path,
+    mobilenet_weights_path,
+)
 
 TEXT_MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
 TOKENIZER_FILE = "tokenizer.json"

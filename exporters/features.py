@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from encoders_onnx.decoding import MediaError, load_image
 from encoders_onnx.fusion import MODALITIES
 from encoders_onnx.image import ImageEncoder
 from encoders_onnx.session import l2_normalize
@@ -31,17 +32,21 @@ from encoders_onnx.text import TextEncoder
 from encoders_onnx.video import VideoEncoder, VideoError, VideoLimits
 from exporters.catalog import Catalog
 from exporters.onnx_export import atomic_write
-from streams.media import MediaError, load_image
-from streams.settings import Settings
-
-# media are decoded with the worker's settings, so that training sees what serving sees
-WORKER_SETTINGS = Settings.from_env()
 
 DEFAULT_CACHE_DIR = Path(".shelfstream") / "features"
 IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.json")
 TEXT_CHUNK = 1024
 IMAGE_CHUNK = 256
 VIDEO_CHUNK = 8
+
+
+@dataclass(frozen=True)
+class MediaDecoding:
+    """How media are decoded. The CLI hands in the worker's settings, so training sees what serving sees."""
+
+    max_image_pixels: int = 40_000_000
+    video_limits: VideoLimits = VideoLimits()
+    video_pooling: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ def extract_features(
     providers: str = "cpu",
     batch_size: int = 64,
     threads: int = 4,
+    decoding: MediaDecoding = MediaDecoding(),
 ) -> Features:
     """Text (title [+ description]), image and, where the catalog maps a video column, video vectors.
 
@@ -103,14 +109,13 @@ def extract_features(
     if catalog.mapping.image:
         paths = [p.image for p in catalog.products]
         vectors["image"] = _cached(
-            cache, "image", image.version, _media_keys(paths), lambda: _encode_images(image, paths, batch_size, threads)
+            cache, "image", image.version, _media_keys(paths), lambda: _encode_images(image, paths, batch_size, threads, decoding.max_image_pixels)
         )
         present["image"] = np.linalg.norm(vectors["image"], axis=1) > 0
         versions["image"] = image.version
 
     if catalog.mapping.video:
-        video = VideoEncoder(image, VideoLimits.from_settings(WORKER_SETTINGS),
-                             WORKER_SETTINGS.video_pooling)
+        video = VideoEncoder(image, decoding.video_limits, decoding.video_pooling)
         paths = [p.video for p in catalog.products]
         vectors["video"] = _cached(cache, "video", video.version, _media_keys(paths), lambda: _encode_videos(video, paths))
         present["video"] = np.linalg.norm(vectors["video"], axis=1) > 0
@@ -201,23 +206,23 @@ def _encode_texts(encoder: TextEncoder, texts: Sequence[str], batch_size: int) -
     return out
 
 
-def _load_image(path: Path | None) -> Image.Image | None:
+def _load_image(path: Path | None, max_pixels: int) -> Image.Image | None:
     """The decoded RGB image exactly as the worker decodes it, or None when the file is missing or
     unreadable (counted as absent)."""
     if path is None:
         return None
     try:
-        return load_image(path.read_bytes(), WORKER_SETTINGS.max_image_pixels)
+        return load_image(path.read_bytes(), max_pixels)
     except (OSError, MediaError):
         return None
 
 
-def _image_chunks(paths: Sequence[Path | None], threads: int, desc: str):
+def _image_chunks(paths: Sequence[Path | None], threads: int, desc: str, max_pixels: int):
     """Decoded chunks of images, the next chunk loading on a thread pool while one is encoded."""
     starts = range(0, len(paths), IMAGE_CHUNK)
     with ThreadPoolExecutor(max_workers=threads) as pool, tqdm(total=len(paths), desc=desc, unit="img") as bar:
         def submit(start: int) -> list[Future]:
-            return [pool.submit(_load_image, p) for p in paths[start : start + IMAGE_CHUNK]]
+            return [pool.submit(_load_image, p, max_pixels) for p in paths[start : start + IMAGE_CHUNK]]
 
         pending = submit(0) if paths else []
         for start in starts:
@@ -228,12 +233,13 @@ def _image_chunks(paths: Sequence[Path | None], threads: int, desc: str):
 
 
 def _run_images(
-    paths: Sequence[Path | None], width: int, threads: int, desc: str, run: Callable[[list[Image.Image]], np.ndarray]
+    paths: Sequence[Path | None], width: int, threads: int, desc: str, run: Callable[[list[Image.Image]], np.ndarray],
+    max_pixels: int = MediaDecoding.max_image_pixels,
 ) -> np.ndarray:
     """``run`` over every readable image; unreadable or missing ones leave a zero row."""
     out = np.zeros((len(paths), width), np.float32)
     missing = 0
-    for start, images in _image_chunks(paths, threads, desc):
+    for start, images in _image_chunks(paths, threads, desc, max_pixels):
         ok = [i for i, im in enumerate(images) if im is not None]
         missing += len(images) - len(ok)
         if ok:
@@ -243,8 +249,10 @@ def _run_images(
     return out
 
 
-def _encode_images(encoder: ImageEncoder, paths: Sequence[Path | None], batch_size: int, threads: int) -> np.ndarray:
-    return _run_images(paths, encoder.dim, threads, "image", lambda ims: encoder.encode(ims, batch_size))
+def _encode_images(
+    encoder: ImageEncoder, paths: Sequence[Path | None], batch_size: int, threads: int, max_pixels: int
+) -> np.ndarray:
+    return _run_images(paths, encoder.dim, threads, "image", lambda ims: encoder.encode(ims, batch_size), max_pixels)
 
 
 def _classify_images(encoder: ImageEncoder, paths: Sequence[Path | None], batch_size: int, threads: int) -> np.ndarray:
@@ -273,7 +281,7 @@ def _encode_videos(encoder: VideoEncoder, paths: Sequence[Path | None]) -> np.nd
 
 def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
     """Where features come from and go (shared by ``train`` and ``eval``)."""
-    parser.add_argument("--model-dir", default=WORKER_SETTINGS.model_dir,
+    parser.add_argument("--model-dir", default=None,
                         help="folder of the exported encoders (default: SHELFSTREAM_MODEL_DIR)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache folder")
     parser.add_argument("--seed", type=int, default=0, help="split seed (eval: the one training used)")

@@ -35,9 +35,20 @@ import torch
 from torch import Tensor, nn
 
 from encoders_onnx.fusion import BUNDLE_MANIFEST, FusionModel
-from exporters.catalog import Catalog, CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
-from exporters.evaluate import bundle_metrics, item_to_item, split_labels, text_to_image
-from exporters.features import DEFAULT_CACHE_DIR, Features, add_feature_arguments, extract_features
+from exporters.catalog import (
+    Catalog,
+    CatalogMapping,
+    add_catalog_arguments,
+    load_catalog,
+    mapping_from_args,
+)
+from exporters.features import (
+    DEFAULT_CACHE_DIR,
+    Features,
+    MediaDecoding,
+    add_feature_arguments,
+    extract_features,
+)
 from exporters.heads import (
     AlignmentHeads,
     FusionAutoencoder,
@@ -47,6 +58,7 @@ from exporters.heads import (
     masked_reconstruction,
     supervised_contrastive,
 )
+from exporters.metrics import bundle_metrics, item_to_item, split_labels, text_to_image
 from exporters.onnx_export import atomic_write, export_onnx
 
 
@@ -376,6 +388,7 @@ def train(
     config: TrainConfig = TrainConfig(),
     cache_dir: str | Path = DEFAULT_CACHE_DIR,
     providers: str = "cpu",
+    decoding: MediaDecoding = MediaDecoding(),
 ) -> dict[str, Any]:
     """Catalog -> features -> heads, fusion, autoencoder -> ONNX bundle in ``out_bundle_dir``.
 
@@ -384,7 +397,7 @@ def train(
     stages = _Stages()
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog, mapping)
     split = cat.split(seed)
-    features = extract_features(cat, model_dir, cache_dir, providers=providers)
+    features = extract_features(cat, model_dir, cache_dir, providers=providers, decoding=decoding)
     stages.done("features")
     trained = fit(features, cat.labels("fine"), split, config, seed)
     stages.done("training")
@@ -417,7 +430,9 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
                             help=f"training knob (default {f.default})")
 
 
-def run_train(args: argparse.Namespace) -> dict[str, Any]:
+def run_train(args: argparse.Namespace, decoding: MediaDecoding = MediaDecoding()) -> dict[str, Any]:
+    """``shelfstream train``; ``decoding`` is the worker's (the CLI reads it from the settings)."""
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     out = args.out or str(Path(args.model_dir) / "fusion")
-    return train(args.dataset, mapping_from_args(args), args.model_dir, out, args.seed, config, args.cache_dir, args.providers)
+    return train(args.dataset, mapping_from_args(args), args.model_dir, out, args.seed, config, args.cache_dir,
+                 args.providers, decoding)

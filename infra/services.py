@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from streams.settings import STATE_FILE, Settings, read_service_state
-
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 20
@@ -123,6 +121,17 @@ SERVICES: tuple[_Service, ...] = (
 )
 
 
+STATE_FILE = "services.json"  # read by the settings for the default service addresses
+
+
+def read_service_state(state_dir: Path) -> dict[str, Any]:
+    """The addresses recorded by ``start_services`` (empty when it has not run)."""
+    try:
+        return json.loads((Path(state_dir) / STATE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
 def start_services(state_dir: Path | str, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
     """Start the broker and redis-server (or reuse the recorded ones that still answer).
 
@@ -179,7 +188,7 @@ def stop_services(state_dir: Path | str, grace_s: float = STOP_GRACE_S) -> list[
 
 
 def service_status(state_dir: Path | str) -> dict[str, dict[str, Any]]:
-    """Per recorded service: pid, port, alive (still our process), answering; plus Qdrant's target."""
+    """Per recorded service: pid, port, alive (still our process), answering."""
     state_dir = _resolve(state_dir)
     recorded = read_service_state(state_dir).get("services", {})
     status: dict[str, dict[str, Any]] = {}
@@ -195,11 +204,6 @@ def service_status(state_dir: Path | str) -> dict[str, dict[str, Any]]:
             "alive": alive,
             "answering": alive and _answering(service, record["port"]),
         }
-    settings = Settings.from_env(state_dir=str(state_dir))
-    status["qdrant"] = (
-        {"mode": "server", "url": settings.qdrant_url} if settings.qdrant_url
-        else {"mode": "local", "path": settings.qdrant_path}
-    )
     return status
 
 

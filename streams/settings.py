@@ -7,11 +7,12 @@ state directory are used, so the embedded services need no configuration at all.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from infra.services import read_service_state
 
 ENV_PREFIX = "SHELFSTREAM_"
 
@@ -106,18 +107,6 @@ class Settings:
             (ENV_PREFIX + f.name.upper(), repr(f.default), f.metadata.get("doc", ""))
             for f in dataclasses.fields(cls)
         ]
-
-
-STATE_FILE = "services.json"  # written by infra.services, read here for the default addresses
-
-
-def read_service_state(state_dir: Path) -> dict[str, Any]:
-    """The addresses recorded by ``shelfstream up`` (empty when it has not run)."""
-    path = state_dir / STATE_FILE
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 def _parse(raw: str, type_name: Any, name: str) -> Any:

@@ -13,9 +13,16 @@ import pytest
 from PIL import Image
 
 from encoders_onnx.image import ImageEncoder
-from encoders_onnx.video import SampledFrames, VideoEmbedding, VideoEncoder, VideoError, VideoLimits, sample_frames
+from encoders_onnx.video import (
+    SampledFrames,
+    VideoEmbedding,
+    VideoEncoder,
+    VideoError,
+    VideoLimits,
+    sample_frames,
+)
 from streams.settings import Settings
-from streams.videogen import CODECS, clip_suffix, codec_available, make_clip
+from streams.tools.videogen import CODECS, clip_suffix, codec_available, make_clip
 from tests.conftest import MYNTRA
 
 FAST = {"seconds": 2.0, "fps": 15}  # short clips keep the suite fast; sampling does not care

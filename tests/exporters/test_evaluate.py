@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporters.evaluate import (
+from exporters.metrics import (
     average_precision_at_k,
     item_to_item,
     mean_reciprocal_rank,

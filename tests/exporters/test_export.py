@@ -11,11 +11,16 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from encoders_onnx.session import ModelIntegrityError, ModelNotExportedError, OnnxModel, file_sha256
+from encoders_onnx.session import (
+    ModelIntegrityError,
+    ModelNotExportedError,
+    OnnxModel,
+    file_sha256,
+)
 from encoders_onnx.text import load_tokenizer, tokenize
 from exporters.encoders import TEXT_MAX_LENGTH, export_all
-from exporters.models import load_minilm, load_mobilenet_v2
 from exporters.onnx_export import ExportMismatchError, check_onnx, export_onnx
+from exporters.torch_models import load_minilm, load_mobilenet_v2
 
 MANIFEST_KEYS = {"name", "source", "version", "onnx_sha256", "inputs", "outputs", "opset", "max_abs_diff", "created_at", "extra"}
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from streams.events import ProductEvent
-from streams.publish import catalog_events, load_mapping
+from streams.schema.events import ProductEvent
 from streams.settings import Settings
+from streams.tools.publish import catalog_events, load_mapping
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "demo" / "catalog"

@@ -8,7 +8,7 @@ Media URIs come from untrusted sellers, so every path here assumes the URI is ho
   link-local, multicast or reserved targets unless allowed), and the connection goes to the
   vetted address, so DNS rebinding cannot redirect it; redirects are re-vetted hop by hop;
 * every download is capped in bytes and in wall-clock time, headers included;
-* images are refused on their header dimensions before any pixel is decoded.
+* images are decoded by ``encoders_onnx.decoding``, refused on their header dimensions first.
 
 Every failure is a :class:`MediaError` with a short machine-readable ``code``.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import io
 import ipaddress
 import os
 import socket
@@ -30,41 +29,16 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from encoders_onnx.decoding import MediaError
 
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Decoders exposed to seller bytes: the common web formats only. This keeps out e.g. EPS (which
-# runs Ghostscript) and the long tail of rarely used, less hardened Pillow plugins.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _CHUNK = 64 * 1024
 _USER_AGENT = "shelfstream-media/1"
 # NAT64 well-known prefix: the gateway turns these into the embedded IPv4 address.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 T = TypeVar("T")
-
-
-class MediaError(Exception):
-    """A refused or failed media load; ``code`` is machine-readable, the message is for humans.
-
-    Codes: ``bad_scheme`` (not file/http/https, redirects included), ``bad_url`` (unparsable,
-    userinfo, bad host, port or path), ``not_found``, ``outside_media_root``, ``not_a_file``
-    (directory, device, fifo, socket), ``unreadable`` (other local I/O errors, a symlink swapped
-    in while opening included), ``dns_error``, ``blocked_address`` (a non-public address),
-    ``connection_error``, ``tls_error``, ``http_error`` (non-2xx status), ``too_many_redirects``,
-    ``too_large``, ``truncated`` (body or image file cut short), ``timeout`` (the overall
-    deadline), ``not_an_image`` (empty, unknown or not allowed format), ``too_many_pixels``,
-    ``corrupt_image`` (an allowed format that does not decode).
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -423,49 +397,3 @@ def _handle_response(
     if declared is not None and len(body) != declared:
         raise MediaError("truncated", f"body has {len(body)} of {declared} declared bytes")
     return bytes(body)
-
-
-# --- images --------------------------------------------------------------------------------
-
-
-def load_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode an untrusted image to RGB, refusing bombs on the header before decoding pixels.
-
-    Pillow's own bomb check (``Image.MAX_IMAGE_PIXELS``) is process-global and too lax for us, so
-    it is left alone and the size is checked here against ``max_pixels``; its error and warning
-    (raised as an error under ``-W error``) are still mapped to ``too_many_pixels``.
-    ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False so a cut-off file raises ``truncated``.
-    """
-    if not data:
-        raise MediaError("not_an_image", "empty file")
-    try:
-        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise MediaError("too_many_pixels", str(exc)) from exc
-    except UnidentifiedImageError as exc:
-        raise MediaError("not_an_image", f"not a {'/'.join(IMAGE_FORMATS)} image") from exc
-    except Exception as exc:  # any plugin failure on hostile bytes
-        raise MediaError(_decode_error_code(exc), f"unreadable image header: {exc}") from exc
-    with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise MediaError(
-                "too_many_pixels", f"{width}x{height} {image.format} > {max_pixels} pixels"
-            )
-        try:
-            image.load()  # first frame only, for animated formats
-            # phone photos are often stored sideways with an EXIF orientation tag: encode them upright
-            return ImageOps.exif_transpose(image).convert("RGB")
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise MediaError("too_many_pixels", str(exc)) from exc
-        except Exception as exc:  # decoder errors on hostile bytes
-            code = _decode_error_code(exc)
-            raise MediaError(code, f"{image.format} {width}x{height}: {exc}") from exc
-
-
-def _decode_error_code(exc: Exception) -> str:
-    """Pillow reports a cut-off file as OSError('image file is truncated ...' or 'Truncated File
-    Read') or EOFError; anything else is corrupt data."""
-    if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
-        return "truncated"
-    return "corrupt_image"

@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from streams.pipeline import IncomingMessage, Pipeline
-from streams.reindex import ReindexJob, run_reindex
-from streams.search import Searcher
+from streams.worker.pipeline import IncomingMessage, Pipeline
+from streams.worker.reindex import ReindexJob, run_reindex
+from streams.worker.search import Searcher
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_reindex_moves_queries_to_the_new_version_without_reencoding(settings, c
         # a worker with the new models already wrote a newer version of one product
         newer = products[0].derive(version=7, price=1.0)
         new.process(messages(newer))
-        searcher = Searcher(new.store, new.models, settings.max_image_pixels)
+        searcher = Searcher(new.store, new.encoders, settings.max_image_pixels)
         served = searcher.similar(products[1].product_id, k=3)
         assert all(hit.payload["model_version"]["fusion"] == "concat-w0.5" for hit in served)
 
@@ -64,10 +64,9 @@ def test_reindex_moves_queries_to_the_new_version_without_reencoding(settings, c
 
 
 def test_reindex_through_the_running_worker_that_holds_local_mode(settings, catalog, tmp_path):
-    from streams.reindex import reindex_command
-    from streams.runner import WorkerProcess
-    from streams.search import query_request, run_query
-    from streams.store import SearchFilters
+    from streams.adapters.store import SearchFilters
+    from streams.tools.client import query_request, reindex_command, run_query
+    from streams.tools.runner import WorkerProcess
 
     products = catalog[:8]
     old = Pipeline.from_settings(settings)

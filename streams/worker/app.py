@@ -20,13 +20,19 @@ import redis
 from faust.web import Request, Response, View
 from qdrant_client.http.exceptions import ResponseHandlingException
 
-from streams.kafka import ensure_topics
-from streams.media import MediaError
-from streams.pipeline import BatchOutcome, DeadLetter, IncomingMessage, Pipeline, Stats
-from streams.reindex import ReindexJob, start_in_background
-from streams.search import QueryError, Searcher
+from encoders_onnx.decoding import MediaError
+from streams.adapters.kafka import ensure_topics
+from streams.adapters.store import ProductStore
 from streams.settings import Settings
-from streams.store import ProductStore
+from streams.worker.pipeline import (
+    BatchOutcome,
+    DeadLetter,
+    IncomingMessage,
+    Pipeline,
+    Stats,
+)
+from streams.worker.reindex import ReindexJob, start_in_background
+from streams.worker.search import QueryError, Searcher
 
 log = logging.getLogger("shelfstream.worker")
 
@@ -61,7 +67,7 @@ class WorkerState:
 
     @property
     def searcher(self) -> Searcher:
-        return Searcher(self.pipeline.store, self.pipeline.models, self.settings.max_image_pixels)
+        return Searcher(self.pipeline.store, self.pipeline.encoders, self.settings.max_image_pixels)
 
     def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
         """Process a batch; a batch that fails for a reason other than the services is split,
@@ -89,7 +95,7 @@ class WorkerState:
             **(stats or self.stats).snapshot(),
             "points": store.count(),
             "collection": store.collection,
-            "model_version": self.pipeline.models.versions,
+            "model_version": self.pipeline.encoders.versions,
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.cli import build_parser, format_table, main
 from streams.settings import ENV_PREFIX, Settings
+from streams.tools.cli import build_parser, main
+from streams.tools.client import format_table
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "publish", "similar", "search", "export", "bench", "demo",
             "make-videos", "train", "eval", "reindex", "dead-letters"]
@@ -292,12 +293,12 @@ def test_similar_with_no_worker_and_an_empty_store_names_the_product(monkeypatch
 
 
 def test_the_worker_path_imports_no_torch():
-    code = ("import sys, streams.app, streams.cli, streams.pipeline, streams.search; streams.cli.build_parser(); "
+    code = ("import sys, streams.worker.app, streams.tools.cli, streams.worker.pipeline, streams.worker.search; streams.tools.cli.build_parser(); "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_the_readme_documents_every_setting_with_its_default():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     for variable, default, doc in Settings.describe():
         assert f"| `{variable}` | `{default}` | {doc} |" in readme, variable

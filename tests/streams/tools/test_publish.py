@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from streams.events import EventError, parse_event
-from streams.publish import (
+from streams.schema.events import EventError, parse_event
+from streams.settings import Settings
+from streams.tools.publish import (
     EVENT_FIELDS,
     PublishReport,
     catalog_events,
@@ -20,9 +21,8 @@ from streams.publish import (
     publish_file,
     row_to_event_dict,
 )
-from streams.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MYNTRA_MAPPING = REPO / "demo" / "catalog" / "mapping.json"
 
 HEADER = ["id", "image", "productDisplayName", "gender", "masterCategory", "subCategory", "articleType",
@@ -295,7 +295,7 @@ def test_publish_report_line():
 
 @pytest.mark.integration
 def test_publish_file_publishes_rows_keyed_by_product_id(services, myntra, tmp_path, capsys):
-    from streams.kafka import read_topic
+    from streams.adapters.kafka import read_topic
 
     run = uuid.uuid4().hex[:10]
     settings = Settings.from_env(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.demo import run_demo
 from streams.settings import Settings
+from streams.tools.demo import run_demo
 
 pytestmark = pytest.mark.integration
 

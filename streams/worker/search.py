@@ -8,18 +8,13 @@ CLI asks the worker's HTTP API first and opens the store itself only when no wor
 from __future__ import annotations
 
 import base64
-import json
-import urllib.error
-import urllib.request
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
-from streams.media import load_image
-from streams.models import Models, load_models
-from streams.settings import Settings
-from streams.store import Hit, ProductStore, SearchFilters
+from encoders_onnx.decoding import load_image
+from streams.adapters.store import Hit, ProductStore, SearchFilters
+from streams.worker.encoders import Encoders
 
 MODES = ("similar", "text", "image", "video")
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: a list's first hits count most, none dominate
@@ -30,9 +25,9 @@ class QueryError(LookupError):
 
 
 class Searcher:
-    def __init__(self, store: ProductStore, models: Models, max_image_pixels: int) -> None:
+    def __init__(self, store: ProductStore, encoders: Encoders, max_image_pixels: int) -> None:
         self.store = store
-        self.models = models
+        self.encoders = encoders
         self.max_image_pixels = max_image_pixels
 
     def similar(self, product_id: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
@@ -44,22 +39,22 @@ class Searcher:
     def by_text(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         if not text.strip():
             raise QueryError("the text query is empty")
-        return self._search("text", self.models.text.encode([text]), k, filters)
+        return self._search("text", self.encoders.text.encode([text]), k, filters)
 
     def by_image(self, data: bytes, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         image = load_image(data, self.max_image_pixels)
-        return self._search("image", self.models.image.encode([image]), k, filters)
+        return self._search("image", self.encoders.image.encode([image]), k, filters)
 
     def by_video(self, data: bytes, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
-        return self._search("video", self.models.video.encode(data)[None, :], k, filters)
+        return self._search("video", self.encoders.video.encode(data)[None, :], k, filters)
 
     def _search(self, modality: str, encoded: np.ndarray, k: int, filters: SearchFilters | None) -> list[Hit]:
         """Project the query into the stored space and search every named vector of that space
         (with a trained bundle a text query also finds products by their photos). Cosines of
         different named vectors are not on one scale (text-to-text runs higher than
         text-to-image), so several result lists are merged by reciprocal-rank fusion."""
-        vector = self.models.fusion.project(**{modality: encoded})[modality][0]
-        targets = self.models.fusion.search_targets[modality]
+        vector = self.encoders.fusion.project(**{modality: encoded})[modality][0]
+        targets = self.encoders.fusion.search_targets[modality]
         if len(targets) == 1:
             return self.store.search(targets[0], vector, k, filters)
         fused: dict[str, float] = {}
@@ -100,59 +95,3 @@ def hit_row(rank: int, hit: Hit) -> dict[str, Any]:
         "price": payload.get("price"),
         "modalities": payload.get("modalities", []),
     }
-
-
-def query_request(mode: str, value: str | bytes, k: int, filters: SearchFilters) -> dict[str, Any]:
-    request: dict[str, Any] = {"mode": mode, "k": k, **{f: v for f, v in asdict(filters).items() if v is not None}}
-    if mode == "similar":
-        request["product_id"] = value
-    elif mode == "text":
-        request["text"] = value
-    else:
-        request["media_b64"] = base64.b64encode(value if isinstance(value, bytes) else value.encode()).decode()
-    return request
-
-
-def run_query(settings: Settings, request: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ask the running worker; with no worker answering, open the store in this process."""
-    try:
-        return post_json(f"{settings.worker_url}/query", request)
-    except ConnectionError:
-        pass
-    searcher = local_searcher(settings)
-    try:
-        return searcher.answer(request)
-    finally:
-        searcher.store.close()
-
-
-def local_searcher(settings: Settings) -> Searcher:
-    models = load_models(settings)
-    return Searcher(ProductStore(settings, models.fusion.dims, models.fusion.version), models, settings.max_image_pixels)
-
-
-def post_json(url: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
-    """POST JSON to the worker; ConnectionError when nothing listens, QueryError on a 4xx."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    return _open_json(request, timeout)
-
-
-def get_json(url: str, timeout: float = 10.0) -> Any:
-    return _open_json(urllib.request.Request(url), timeout)
-
-
-def _open_json(request: urllib.request.Request, timeout: float) -> Any:
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail).get("error", detail)
-        except (json.JSONDecodeError, AttributeError):
-            pass
-        raise QueryError(detail) from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, (ConnectionRefusedError, ConnectionResetError, FileNotFoundError)):
-            raise ConnectionError(f"no worker at {request.full_url}") from None
-        raise

@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from streams.app import RETRY_FOREVER, WorkerState
-from streams.pipeline import IncomingMessage
+from streams.worker.app import RETRY_FOREVER, WorkerState
+from streams.worker.pipeline import IncomingMessage
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams.events import MAX_ID_LENGTH, EventError, ProductEvent, parse_event
+from streams.schema.events import MAX_ID_LENGTH, EventError, ProductEvent, parse_event
 
 
 def raw(**fields: Any) -> bytes:

@@ -25,14 +25,20 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 from qdrant_client import models
 
+from encoders_onnx.decoding import MediaError, load_image
 from encoders_onnx.fusion import MODALITIES, ModalityBatch
 from encoders_onnx.session import l2_normalize
-from streams.cache import FeatureCache, feature_key
-from streams.events import EventError, ProductEvent, event_from_dict, parse_event
-from streams.media import MediaError, MediaLimits, content_hash, fetch_bytes, load_image
-from streams.models import Models, load_models
+from streams.adapters.cache import FeatureCache, feature_key
+from streams.adapters.media import MediaLimits, content_hash, fetch_bytes
+from streams.adapters.store import (
+    ProductStore,
+    StoredState,
+    category_prefixes,
+    point_id,
+)
+from streams.schema.events import EventError, ProductEvent, event_from_dict, parse_event
 from streams.settings import Settings
-from streams.store import ProductStore, StoredState, category_prefixes, point_id
+from streams.worker.encoders import Encoders, load_encoders
 
 T = TypeVar("T")
 
@@ -121,9 +127,9 @@ class _Product:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, models: Models, cache: FeatureCache, store: ProductStore) -> None:
+    def __init__(self, settings: Settings, encoders: Encoders, cache: FeatureCache, store: ProductStore) -> None:
         self.settings = settings
-        self.models = models
+        self.encoders = encoders
         self.cache = cache
         self.store = store
         self.image_limits = MediaLimits.for_images(settings)
@@ -136,9 +142,9 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings) -> "Pipeline":
         """Load the models and connect to Redis and Qdrant as the settings say."""
-        models = load_models(settings)
+        encoders = load_encoders(settings)
         cache = FeatureCache(settings.redis_url, settings.cache_ttl_s)
-        return cls(settings, models, cache, ProductStore(settings, models.fusion.dims, models.fusion.version))
+        return cls(settings, encoders, cache, ProductStore(settings, encoders.fusion.dims, encoders.fusion.version))
 
     def close(self) -> None:
         self._io.shutdown(wait=False)
@@ -294,7 +300,7 @@ class Pipeline:
                 product.images.append(Media(uri, data, content_hash(data)))
         for product in products:
             product.fingerprint = content_hash(json.dumps({
-                "models": self.models.versions,
+                "models": self.encoders.versions,
                 "text": product.event.text,
                 "images": [media.digest for media in product.images],
                 "video": product.video.digest if product.video else None,
@@ -302,13 +308,13 @@ class Pipeline:
 
     def _encode(self, products: list[_Product], outcome: BatchOutcome) -> None:
         texts = [p.event.text for p in products]
-        text_vectors = self._cached("text", self.models.text.version, texts, [content_hash(t.encode()) for t in texts],
+        text_vectors = self._cached("text", self.encoders.text.version, texts, [content_hash(t.encode()) for t in texts],
                                     self._encode_texts, outcome)
         for product, vector in zip(products, text_vectors):
             product.vectors["text"] = vector  # text never fails: a blank title is rejected earlier
 
         images = [(product, media) for product in products for media in product.images]
-        image_vectors = self._cached("image", self.models.image.version, [m.data for _, m in images],
+        image_vectors = self._cached("image", self.encoders.image.version, [m.data for _, m in images],
                                      [m.digest for _, m in images], self._encode_images, outcome)
         per_product: dict[str, list[np.ndarray]] = {}
         for (product, media), result in zip(images, image_vectors):
@@ -322,7 +328,7 @@ class Pipeline:
                 product.vectors["image"] = l2_normalize(np.mean(found, axis=0, keepdims=True))[0]
 
         videos = [p for p in products if p.video is not None]
-        video_vectors = self._cached("video", self.models.video.version, [p.video.data for p in videos],
+        video_vectors = self._cached("video", self.encoders.video.version, [p.video.data for p in videos],
                                      [p.video.digest for p in videos], self._encode_videos, outcome)
         for product, result in zip(videos, video_vectors):
             if isinstance(result, str):
@@ -331,16 +337,16 @@ class Pipeline:
                 product.vectors["video"] = result
 
     def _encode_texts(self, texts: list[str]) -> list[np.ndarray | str]:
-        return list(self.models.text.encode(texts, batch_size=self.settings.batch_size))
+        return list(self.encoders.text.encode(texts, batch_size=self.settings.batch_size))
 
     def _encode_images(self, payloads: list[bytes]) -> list[np.ndarray | str]:
         decoded = list(self._io.map(lambda data: _attempt(load_image, data, self.settings.max_image_pixels), payloads))
         good = [image for image, error in decoded if error is None]
-        vectors = iter(self.models.image.encode(good, batch_size=self.settings.batch_size) if good else [])
+        vectors = iter(self.encoders.image.encode(good, batch_size=self.settings.batch_size) if good else [])
         return [next(vectors) if error is None else error for _, error in decoded]
 
     def _encode_videos(self, payloads: list[bytes]) -> list[np.ndarray | str]:
-        return [str(r) if isinstance(r, MediaError) else r.vector for r in self.models.video.encode_many(payloads)]
+        return [str(r) if isinstance(r, MediaError) else r.vector for r in self.encoders.video.encode_many(payloads)]
 
     def _cached(
         self,
@@ -372,7 +378,7 @@ class Pipeline:
     def _write(self, products: list[_Product]) -> None:
         n = len(products)
         batch: dict[str, ModalityBatch] = {}
-        encoder_dims = {"text": self.models.text.dim, "image": self.models.image.dim, "video": self.models.video.dim}
+        encoder_dims = {"text": self.encoders.text.dim, "image": self.encoders.image.dim, "video": self.encoders.video.dim}
         for modality, dim in encoder_dims.items():
             vectors = np.zeros((n, dim), dtype=np.float32)
             present = np.zeros(n, dtype=bool)
@@ -381,7 +387,7 @@ class Pipeline:
                     vectors[i] = product.vectors[modality]
                     present[i] = True
             batch[modality] = ModalityBatch(vectors, present)
-        named = self.models.fusion.fuse(batch)
+        named = self.encoders.fusion.fuse(batch)
         points = []
         for i, product in enumerate(products):
             vector = {name: b.vectors[i].tolist() for name, b in named.items() if b.present[i]}
@@ -409,7 +415,7 @@ class Pipeline:
             "indexed_at": time.time(),
             "modalities": modalities,
             "errors": product.errors,
-            "model_version": self.models.versions,
+            "model_version": self.encoders.versions,
             "fingerprint": product.fingerprint,
         }
 

@@ -1,4 +1,4 @@
-"""streams.media against hostile URIs and bytes: real files, real loopback servers, real decoders.
+"""streams.adapters.media against hostile URIs and bytes: real files, real loopback servers, real decoders.
 
 All network traffic stays on loopback: blocked addresses are refused before any connection, and
 host names other than 'localhost' go through a stub resolver that answers 127.0.0.1.
@@ -28,11 +28,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streams import media
-from streams.media import MediaError, MediaLimits, content_hash, fetch_bytes, load_image
+from encoders_onnx.decoding import MediaError, load_image
+from streams.adapters import media
+from streams.adapters.media import MediaLimits, content_hash, fetch_bytes
 from streams.settings import Settings
 
-MYNTRA_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "myntra-fashion-small" / "images"
+MYNTRA_IMAGES = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "myntra-fashion-small" / "images"
 SECRET = b"outside the media root"
 
 

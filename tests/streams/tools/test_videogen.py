@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streams.videogen import (
+from streams.tools.videogen import (
     CODECS,
     add_make_videos_arguments,
     catalog_products,

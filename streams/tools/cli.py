@@ -14,13 +14,12 @@ from typing import Any, Callable
 
 from streams.settings import Settings
 
-
 # Commands whose flags are defined beside heavy imports (torch, PyAV): those are imported only
 # when that command runs, so the worker and the quick commands never load them.
 LAZY_FLAGS = {
     "train": ("exporters.train", "configure_train_parser"),
     "eval": ("exporters.evaluate", "configure_eval_parser"),
-    "make-videos": ("streams.videogen", "add_make_videos_arguments"),
+    "make-videos": ("streams.tools.videogen", "add_make_videos_arguments"),
 }
 
 
@@ -125,9 +124,12 @@ def cmd_down(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
     from infra.services import service_status
-    from streams.search import get_json
+    from streams.tools.client import get_json
 
-    print(json.dumps(service_status(settings.state_path), indent=2))
+    status = service_status(settings.state_path)
+    status["qdrant"] = ({"mode": "server", "url": settings.qdrant_url} if settings.qdrant_url
+                        else {"mode": "local", "path": settings.qdrant_path})
+    print(json.dumps(status, indent=2))
     try:
         print(json.dumps({"worker": get_json(f"{settings.worker_url}/stats")}, indent=2))
     except ConnectionError:
@@ -141,13 +143,13 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.app import run_worker
+    from streams.worker.app import run_worker
 
     run_worker(settings, args.loglevel)
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.publish import load_mapping, publish_file
+    from streams.tools.publish import load_mapping, publish_file
 
     mapping = load_mapping(args.mapping)
     if args.delete:
@@ -157,8 +159,8 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.search import query_request, run_query
-    from streams.store import SearchFilters
+    from streams.adapters.store import SearchFilters
+    from streams.tools.client import format_table, query_request, run_query
 
     filters = SearchFilters(args.category, args.price_min, args.price_max)
     if args.command == "similar":
@@ -174,8 +176,8 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.app import REASON_HEADER, SOURCE_HEADER
-    from streams.kafka import read_topic
+    from streams.adapters.kafka import read_topic
+    from streams.worker.app import REASON_HEADER, SOURCE_HEADER
 
     for record in read_topic(settings, settings.dead_letter_topic, expected=args.n, timeout_s=args.wait):
         row = {
@@ -195,14 +197,14 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.bench import run_bench
+    from streams.tools.bench import run_bench
 
     result = run_bench(settings, args.dataset, args.n, quiet=args.json, **({"mapping_path": args.mapping} if args.mapping else {}))
     print(json.dumps(result, indent=None if args.json else 2))
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.demo import run_demo
+    from streams.tools.demo import run_demo
 
     return run_demo(settings)
 
@@ -211,14 +213,23 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     _require_export_extra(args)
     from exporters.train import run_train
 
-    run_train(args)
+    run_train(args, _decoding(args, settings))
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> None:
     _require_export_extra(args)
     from exporters.evaluate import run_eval
 
-    run_eval(args)
+    run_eval(args, _decoding(args, settings))
+
+
+def _decoding(args: argparse.Namespace, settings: Settings) -> Any:
+    """The worker's media decoding and model folder, so training and evaluation see what serving sees."""
+    from encoders_onnx.video import VideoLimits
+    from exporters.features import MediaDecoding
+
+    args.model_dir = args.model_dir or settings.model_dir
+    return MediaDecoding(settings.max_image_pixels, VideoLimits.from_settings(settings), settings.video_pooling)
 
 
 def _require_export_extra(args: argparse.Namespace) -> None:
@@ -227,7 +238,7 @@ def _require_export_extra(args: argparse.Namespace) -> None:
 
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.reindex import reindex_command
+    from streams.tools.client import reindex_command
 
     job = reindex_command(settings)
     print(f"reindex {job.state} in {job.seconds} s: {job.message} {job.counts or ''}".rstrip())
@@ -235,24 +246,9 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_make_videos(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.videogen import make_videos_main
+    from streams.tools.videogen import make_videos_main
 
     make_videos_main(args)
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no results"
-    columns = [("rank", 4), ("product_id", 10), ("score", 7), ("title", 48), ("category", 40), ("price", 8)]
-    lines = ["  ".join(f"{name:<{width}}" for name, width in columns)]
-    for row in rows:
-        cells = []
-        for name, width in columns:
-            value = row.get(name)
-            text = "" if value is None else (f"{value:.4f}" if isinstance(value, float) and name == "score" else str(value))
-            cells.append(f"{text[:width]:<{width}}")
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

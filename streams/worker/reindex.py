@@ -14,11 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from tqdm import tqdm
-
-from streams.pipeline import Pipeline
-from streams.search import get_json, post_json
-from streams.settings import Settings
+from streams.worker.pipeline import Pipeline
 
 
 @dataclass
@@ -68,29 +64,3 @@ def start_in_background(pipeline: Pipeline, current: ReindexJob) -> ReindexJob:
     job = ReindexJob(state="running")
     threading.Thread(target=run_reindex, args=(pipeline, job), name="reindex", daemon=True).start()
     return job
-
-
-def reindex_command(settings: Settings) -> ReindexJob:
-    """Through the running worker when one answers (it holds local mode), else in this process."""
-    url = f"{settings.worker_url}/reindex"
-    try:
-        status = post_json(url, {})
-    except ConnectionError:
-        pipeline = Pipeline.from_settings(settings)
-        try:
-            with tqdm(unit="product", desc="reindex") as bar:
-                return run_reindex(pipeline, ReindexJob(), lambda job: _show(bar, job.total, job.done))
-        finally:
-            pipeline.close()
-    with tqdm(unit="product", desc="reindex (worker)") as bar:
-        while status["state"] == "running":
-            _show(bar, status["total"], status["done"])
-            time.sleep(0.5)
-            status = get_json(url)
-        _show(bar, status["total"], status["done"])
-    return ReindexJob(**status)
-
-
-def _show(bar: tqdm, total: int, done: int) -> None:
-    bar.total = total or None
-    bar.update(done - bar.n)

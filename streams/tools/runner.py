@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from streams.search import get_json
 from streams.settings import Settings
+from streams.tools.client import get_json
 
 
 def encoded_count(stats: dict[str, Any]) -> int:
@@ -38,7 +38,7 @@ class WorkerProcess:
         env = {**os.environ, **self.settings.to_env()}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "streams.tools.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         try:
             self.wait_until(lambda stats: True, timeout_s, "the worker's query API to answer")

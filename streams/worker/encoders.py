@@ -1,20 +1,19 @@
-"""The runtime models the settings name, loaded once: the worker and the query path share this."""
+"""The ONNX encoders and the fusion the settings name, loaded once: indexing and queries share them.
+This module never imports torch: exporting is a tool's job (``shelfstream export``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from encoders_onnx.fusion import ConcatFusion, Fusion, FusionModel
-from encoders_onnx.image import IMAGE_MODEL, ImageEncoder
-from encoders_onnx.session import exported_manifest
-from encoders_onnx.text import TEXT_MODEL, TextEncoder
+from encoders_onnx.image import ImageEncoder
+from encoders_onnx.text import TextEncoder
 from encoders_onnx.video import VideoEncoder, VideoLimits
 from streams.settings import Settings
 
 
 @dataclass(frozen=True)
-class Models:
+class Encoders:
     text: TextEncoder
     image: ImageEncoder
     video: VideoEncoder
@@ -26,23 +25,11 @@ class Models:
                 "fusion": self.fusion.version}
 
 
-def ensure_exported(model_dir: Path) -> None:
-    """Export the encoders if they are missing; torch (the export extra) is imported only then."""
-    if all(exported_manifest(model_dir, name) for name in (TEXT_MODEL, IMAGE_MODEL)):
-        return
-    try:
-        from exporters.encoders import ensure_models
-    except ImportError as exc:
-        raise RuntimeError(f"no exported models in {model_dir} and no torch to export them ({exc}): "
-                           "pip install -e '.[export]' and run `shelfstream export`") from None
-    ensure_models(model_dir)
-
-
-def load_models(settings: Settings) -> Models:
+def load_encoders(settings: Settings) -> Encoders:
     text = TextEncoder(settings.model_dir, providers=settings.providers)
     image = ImageEncoder(settings.model_dir, providers=settings.providers)
     video = VideoEncoder(image, VideoLimits.from_settings(settings), settings.video_pooling, settings.batch_size)
-    return Models(text, image, video, load_fusion(settings, text, image, video))
+    return Encoders(text, image, video, load_fusion(settings, text, image, video))
 
 
 def load_fusion(settings: Settings, text: TextEncoder, image: ImageEncoder, video: VideoEncoder) -> Fusion:

@@ -10,19 +10,32 @@ import time
 import uuid
 from pathlib import Path
 
-from streams.cli import format_table
-from streams.models import ensure_exported
-from streams.publish import catalog_events, load_mapping, publish_events
-from streams.runner import WorkerProcess, encoded_count
-from streams.search import query_request, run_query
+from encoders_onnx.image import IMAGE_MODEL
+from encoders_onnx.session import exported_manifest
+from encoders_onnx.text import TEXT_MODEL
+from streams.adapters.store import SearchFilters
 from streams.settings import Settings
-from streams.store import SearchFilters
-from streams.videogen import catalog_products, make_videos
+from streams.tools.client import format_table, query_request, run_query
+from streams.tools.publish import catalog_events, load_mapping, publish_events
+from streams.tools.runner import WorkerProcess, encoded_count
+from streams.tools.videogen import catalog_products, make_videos
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "demo" / "catalog"
 TEXT_QUERIES = ("red running shoes", "women's black handbag")
 VIDEO_PRODUCTS = 20  # products that get a generated clip (no real product video exists here)
+
+
+def ensure_exported(model_dir: Path) -> None:
+    """Export the encoders if they are missing; torch (the export extra) is imported only then."""
+    if all(exported_manifest(model_dir, name) for name in (TEXT_MODEL, IMAGE_MODEL)):
+        return
+    try:
+        from exporters.encoders import ensure_models
+    except ImportError as exc:
+        raise RuntimeError(f"no exported models in {model_dir} and no torch to export them ({exc}): "
+                           "pip install -e '.[export]' and run `shelfstream export`") from None
+    ensure_models(model_dir)
 
 
 def run_demo(settings: Settings, catalog: Path = CATALOG) -> int:

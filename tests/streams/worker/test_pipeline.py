@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streams.pipeline import IncomingMessage, Pipeline
 from streams.settings import Settings
+from streams.worker.pipeline import IncomingMessage, Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -182,7 +182,7 @@ def test_cache_is_addressed_by_content_not_by_product(pipeline, catalog):
 @pytest.fixture
 def clip(settings, catalog) -> str:
     """A real h264 clip of the first product's photo, inside the media root."""
-    from streams.videogen import make_clip
+    from streams.tools.videogen import make_clip
 
     media_root = Path(settings.media_root)
     with Image.open(media_root / "images" / Path(catalog[0].image_uris[0]).name) as image:
@@ -245,10 +245,10 @@ def test_an_oversized_video_is_refused_before_decoding(settings, catalog, clip):
 
 
 def test_search_by_video_finds_the_product_by_its_video_or_its_photo(pipeline, catalog, settings, clip):
-    from streams.search import Searcher
+    from streams.worker.search import Searcher
 
     pipeline.process(messages(catalog[0].derive(video_uri=clip), *catalog[1:20]))
-    searcher = Searcher(pipeline.store, pipeline.models, settings.max_image_pixels)
+    searcher = Searcher(pipeline.store, pipeline.encoders, settings.max_image_pixels)
     data = (Path(settings.media_root) / clip).read_bytes()
     assert searcher.by_video(data, k=3)[0].product_id == catalog[0].product_id
     # without a video stored, the photo alone still matches the clip

@@ -22,15 +22,15 @@ import csv
 import json
 import sys
 import time
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from tqdm import tqdm
 
-from streams.events import EventError, ProductEvent, event_from_dict
-from streams.kafka import ensure_topics, idempotent_producer
+from streams.adapters.kafka import ensure_topics, idempotent_producer
+from streams.schema.events import EventError, ProductEvent, event_from_dict
 from streams.settings import Settings
 
 EVENT_FIELDS = ("op", "product_id", "version", "title", "description", "attributes", "category",

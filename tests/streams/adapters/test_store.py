@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
-from streams.settings import Settings
-from streams.store import (
+from streams.adapters.store import (
     POINT_NAMESPACE,
     ProductStore,
     SearchFilters,
@@ -22,6 +21,7 @@ from streams.store import (
     category_prefixes,
     point_id,
 )
+from streams.settings import Settings
 
 DIMS = {"text": 3, "image": 4, "fused": 2}
 

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from streams.app import REASON_HEADER
-from streams.cli import main
-from streams.kafka import read_topic
-from streams.publish import publish_events, publish_raw
-from streams.models import load_models
-from streams.runner import WorkerProcess
-from streams.search import QueryError, get_json, query_request, run_query
+from streams.adapters.kafka import read_topic
+from streams.adapters.store import ProductStore, SearchFilters
 from streams.settings import Settings
-from streams.store import ProductStore, SearchFilters
+from streams.tools.cli import main
+from streams.tools.client import get_json, query_request, run_query
+from streams.tools.publish import publish_events, publish_raw
+from streams.tools.runner import WorkerProcess
+from streams.worker.app import REASON_HEADER
+from streams.worker.encoders import load_encoders
+from streams.worker.search import QueryError
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ def test_worker_indexes_updates_deletes_and_dead_letters(settings: Settings, cat
         assert worker.stats()["points"] == len(products) - 1
 
     # the worker is gone: Qdrant's folder is free, read every point directly
-    fusion = load_models(settings).fusion
+    fusion = load_encoders(settings).fusion
     store = ProductStore(settings, fusion.dims, fusion.version)
     try:
         points = {p.payload["product_id"]: p for p in store.all_points()}

@@ -12,24 +12,37 @@ Phases, each on products the previous phases did not see:
 from __future__ import annotations
 
 import dataclasses
-from itertools import islice
 import shutil
 import sys
+import tempfile
 import time
 import uuid
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from encoders_onnx.video import VideoLimits, bench_video
-from streams.cache import FeatureCache
-from streams.events import ProductEvent
-from streams.media import MediaLimits, fetch_bytes, load_image
-from streams.models import Models, load_models
-from streams.publish import EventPublisher, catalog_events, load_mapping, publish_events, publish_raw
-from streams.runner import WorkerProcess, encoded_count
+import numpy as np
+from PIL import Image
+
+from encoders_onnx.decoding import load_image
+from encoders_onnx.image import ImageEncoder
+from encoders_onnx.video import Pooling, VideoEncoder, VideoLimits
+from streams.adapters.cache import FeatureCache
+from streams.adapters.media import MediaLimits, fetch_bytes
+from streams.schema.events import ProductEvent
 from streams.settings import Settings
+from streams.tools.publish import (
+    EventPublisher,
+    catalog_events,
+    load_mapping,
+    publish_events,
+    publish_raw,
+)
+from streams.tools.runner import WorkerProcess, encoded_count
+from streams.tools.videogen import make_clip
+from streams.worker.encoders import Encoders, load_encoders
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "myntra-fashion-small"
 DEFAULT_MAPPING = REPO / "demo" / "catalog" / "mapping.json"
 WARMUP = 32
@@ -53,10 +66,10 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
 
     bench_settings = dataclasses.replace(settings, media_root=str(dataset))
     say(f"[1/4] encoders alone on {n} products (batch {settings.batch_size})")
-    models = load_models(bench_settings)
-    encoder_rate = measure_encoders(bench_settings, models, measured)
+    encoders = load_encoders(bench_settings)
+    encoder_rate = measure_encoders(bench_settings, encoders, measured)
     say("      video: decode + sample + encode of a 5 s 320x240 clip")
-    video = bench_video(models.image, VideoLimits.from_settings(settings), pooling=settings.video_pooling)
+    video = bench_video(encoders.image, VideoLimits.from_settings(settings), pooling=settings.video_pooling)
 
     state_dir = settings.state_path / "bench"
     shutil.rmtree(state_dir / "qdrant", ignore_errors=True)
@@ -109,18 +122,18 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
     }
 
 
-def measure_encoders(settings: Settings, models: Models, events: list[ProductEvent]) -> float:
+def measure_encoders(settings: Settings, encoders: Encoders, events: list[ProductEvent]) -> float:
     """Items per second through image decoding + preprocessing + both encoders, in the worker's
     batches; reading the files is left out (the pipeline overlaps it with other work)."""
     limits = MediaLimits.for_images(settings)
     images = [fetch_bytes(e.image_uris[0], limits) for e in events]
-    models.text.encode([events[0].text])  # first-run allocations out of the timing
+    encoders.text.encode([events[0].text])  # first-run allocations out of the timing
     started = time.perf_counter()
     for i in range(0, len(events), settings.batch_size):
         batch = events[i:i + settings.batch_size]
-        models.text.encode([e.text for e in batch], batch_size=settings.batch_size)
+        encoders.text.encode([e.text for e in batch], batch_size=settings.batch_size)
         decoded = [load_image(data, settings.max_image_pixels) for data in images[i:i + settings.batch_size]]
-        models.image.encode(decoded, batch_size=settings.batch_size)
+        encoders.image.encode(decoded, batch_size=settings.batch_size)
     return len(events) / (time.perf_counter() - started)
 
 
@@ -140,3 +153,51 @@ def _machine() -> str:
     import platform
 
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+# -- video: one clip at a time -------------------------------------------------------------
+
+
+def bench_video(
+    image_encoder: ImageEncoder,
+    limits: VideoLimits,
+    n: int = 30,
+    images: Sequence[Image.Image] | None = None,
+    pooling: Pooling | str = "mean",
+    batch: int = 8,
+) -> dict[str, float]:
+    """``video_ms_p50`` / ``video_ms_p99``: decode + sample + encode of one 5 s 320x240 h264 clip of
+    3 shots, one video at a time; ``video_items_per_s``: the same clip through ``encode_many`` in
+    batches of ``batch``, as the worker runs it. ``images`` default to the first 3 Myntra photos."""
+    encoder = VideoEncoder(image_encoder, limits, pooling)
+    clip = _bench_clip(images if images is not None else _myntra_images(3))
+    encoder.encode(clip)  # warm-up: onnxruntime allocations, decoder init
+    latencies = []
+    for _ in range(n):
+        started = time.perf_counter()
+        encoder.encode(clip)
+        latencies.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    for first in range(0, n, batch):
+        encoder.encode_many([clip] * min(batch, n - first))
+    elapsed = time.perf_counter() - started
+    return {
+        "video_ms_p50": float(np.percentile(latencies, 50)),
+        "video_ms_p99": float(np.percentile(latencies, 99)),
+        "video_items_per_s": n / elapsed,
+    }
+
+
+def _bench_clip(images: Sequence[Image.Image]) -> bytes:
+    """The benchmark's clip, written to a temporary file by the test-clip generator."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return make_clip(images, Path(tmp) / "bench.mp4", codec="h264", seconds=5.0, size=(320, 240)).read_bytes()
+
+
+def _myntra_images(count: int) -> list[Image.Image]:
+    """The first ``count`` Myntra product photos (the shared dataset the benchmark is defined on)."""
+    folder = DEFAULT_DATASET / "images"
+    paths = sorted(folder.glob("*.jpg"))[:count]
+    if len(paths) < count:
+        raise FileNotFoundError(f"bench_video needs {count} Myntra images in {folder}; pass images= instead")
+    return [Image.open(path).convert("RGB") for path in paths]

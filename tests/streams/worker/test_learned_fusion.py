@@ -10,10 +10,10 @@ from typing import Iterator
 
 import pytest
 
-from streams.pipeline import IncomingMessage, Pipeline
-from streams.search import Searcher
+from streams.worker.pipeline import IncomingMessage, Pipeline
+from streams.worker.search import Searcher
 
-DEMO_CATALOG = Path(__file__).resolve().parents[2] / "demo" / "catalog"
+DEMO_CATALOG = Path(__file__).resolve().parents[3] / "demo" / "catalog"
 pytest.importorskip("torch")
 pytestmark = pytest.mark.integration
 
@@ -43,11 +43,11 @@ def pipeline(settings, bundle) -> Iterator[Pipeline]:
 def test_vectors_live_in_the_shared_space(pipeline, catalog):
     outcome = pipeline.process([IncomingMessage(e.to_bytes()) for e in catalog])
     assert outcome.counts["indexed"] == len(catalog)
-    dim = pipeline.models.fusion.dims["fused"]
+    dim = pipeline.encoders.fusion.dims["fused"]
     for point in pipeline.store.all_points():
         assert {name: len(v) for name, v in point.vector.items()} == {"text": 64, "image": 64, "fused": dim}
-        assert point.payload["model_version"]["fusion"] == pipeline.models.fusion.version
-    assert pipeline.store.collection.endswith(pipeline.models.fusion.version)
+        assert point.payload["model_version"]["fusion"] == pipeline.encoders.fusion.version
+    assert pipeline.store.collection.endswith(pipeline.encoders.fusion.version)
 
 
 def test_a_text_query_finds_a_product_by_its_photo(pipeline, catalog):
@@ -56,9 +56,9 @@ def test_a_text_query_finds_a_product_by_its_photo(pipeline, catalog):
     anonymous = watches[0].derive(product_id="anonymous-watch", title="Item 4711")  # nothing in the title says watch
     others = [e for e in catalog if e.category[-1] != "Watches"]
     pipeline.process([IncomingMessage(e.to_bytes()) for e in [anonymous, *others]])
-    searcher = Searcher(pipeline.store, pipeline.models, pipeline.settings.max_image_pixels)
+    searcher = Searcher(pipeline.store, pipeline.encoders, pipeline.settings.max_image_pixels)
     hits = searcher.by_text("wrist watch", k=5)
     assert "anonymous-watch" in [hit.product_id for hit in hits]
-    text_only = pipeline.store.search("text", pipeline.models.fusion.project(
-        text=pipeline.models.text.encode(["wrist watch"]))["text"][0], 5)
+    text_only = pipeline.store.search("text", pipeline.encoders.fusion.project(
+        text=pipeline.encoders.text.encode(["wrist watch"]))["text"][0], 5)
     assert "anonymous-watch" not in [hit.product_id for hit in text_only]  # found through the image vector
