@@ -343,33 +343,28 @@ class Pipeline:
         """Fetch every image and video of the batch (downloads in parallel, local files inline:
         a thread hand-off costs more than reading a small file), bounded by the media limits,
         then fingerprint each product's content."""
-        wanted = [(event, uri, self.image_limits) for event in events for uri in event.image_uris[: self.settings.max_images]]
-        wanted += [(event, event.video_uri, self.video_limits) for event in events if event.video_uri]
+        wanted = [(i, "image", uri) for i, event in enumerate(events) for uri in event.image_uris[: self.settings.max_images]]
+        wanted += [(i, "video", event.video_uri) for i, event in enumerate(events) if event.video_uri]
 
-        def fetch(item: tuple[ProductEvent, str, MediaLimits]) -> Media | Failure:
-            uri = item[1]
+        def fetch(item: tuple[int, str, str]) -> Media | Failure:
+            _, modality, uri = item
             try:
-                data = fetch_bytes(uri, item[2])
+                data = fetch_bytes(uri, self.video_limits if modality == "video" else self.image_limits)
             except MediaError as exc:
                 return Failure(exc.code, f"{uri}: {exc}")
             return Media(uri, data, content_hash(data))
 
-        remote = [item for item in wanted if item[1].startswith(("http://", "https://"))]
-        downloaded = dict(zip(map(id, remote), self._io.map(fetch, remote)))
-        loaded = [(item, downloaded[id(item)] if id(item) in downloaded else fetch(item)) for item in wanted]
+        remote = [item for item in wanted if item[2].startswith(("http://", "https://"))]
+        downloaded = dict(zip(remote, self._io.map(fetch, remote)))
+        media: list[dict[str, list[Media | Failure]]] = [{"image": [], "video": []} for _ in events]
+        for item in wanted:  # in the event's order: the first image stays first
+            media[item[0]][item[1]].append(downloaded[item] if item in downloaded else fetch(item))
         fetched = []
-        for event in events:
-            images, video, failures = [], None, {}
-            for (owner, _, limits), result in loaded:
-                if owner is not event:
-                    continue
-                modality = "video" if limits is self.video_limits else "image"
-                if isinstance(result, Failure):
-                    failures.setdefault(modality, result)
-                elif modality == "video":
-                    video = result
-                else:
-                    images.append(result)
+        for event, loaded in zip(events, media):
+            images = [m for m in loaded["image"] if isinstance(m, Media)]
+            video = next((m for m in loaded["video"] if isinstance(m, Media)), None)
+            failures = {modality: next(f for f in results if isinstance(f, Failure))
+                        for modality, results in loaded.items() if any(isinstance(f, Failure) for f in results)}
             fetched.append(Fetched(event, tuple(images), video, failures, self._fingerprint(event, images, video)))
         return fetched
 
