@@ -5,6 +5,8 @@ trained on the pixels it will serve."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import threading
 from dataclasses import dataclass
@@ -64,6 +66,30 @@ _ORIENTATION = {  # EXIF orientation tag -> the transpose that shows the photo u
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 4 << 20
+
+
+def _return_large_buffers_to_the_os() -> None:
+    """Make glibc hand freed full-size decode buffers back to the OS at once.
+
+    Pillow allocates a large image in 16 MiB blocks. glibc raises its mmap threshold up to
+    32 MiB after the first such block is freed, so later ones come from the decoding thread's
+    malloc arena, which keeps them: with the pipeline's 8 media threads, a batch of 6000x6000
+    PNGs left the process at 1.3 GB instead of 0.2 GB. A fixed 4 MiB threshold keeps every block
+    mmapped. Process-wide, and a no-op where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+_return_large_buffers_to_the_os()
 
 
 @dataclass(frozen=True)
@@ -135,11 +161,11 @@ def load_image(data: bytes, max_pixels: int, budget: PixelBudget | None = None) 
     """
     with _open(data, max_pixels) as image:
         header = _plan(image)
-        orientation = _orientation(image)
         with budget.reserve(header.decode_pixels) if budget is not None else contextlib.nullcontext():
             try:
                 image.load()  # first frame only, for animated formats
-                small = _downscale(_flatten(image), header.kept_size)
+                orientation = _orientation(image)  # after load: PNG's getexif() loads the pixels
+                small = _downscale(as_shown(image), header.kept_size)
                 if orientation is not None:
                     small = small.transpose(orientation)
                 return small.convert("RGB")
@@ -198,8 +224,13 @@ def _orientation(image: Image.Image) -> Image.Transpose | None:
         return None
 
 
-def _flatten(image: Image.Image) -> Image.Image:
-    """8 bits a channel, without transparency: what a viewer shows on a white page."""
+def as_shown(image: Image.Image) -> Image.Image:
+    """L or RGB, 8 bits a channel, without transparency: what a viewer shows on a white page.
+
+    16-bit levels (``I;16*``, and ``I``, which holds them) keep their top 8 bits; ``F`` is read
+    as levels 0-255 as Pillow does; transparent parts (alpha, a palette's or a tRNS colour key)
+    are composited on white; CMYK and other modes go through Pillow's conversion.
+    """
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # PNG's 16-bit greyscale; Pillow's own conversion clips it at 255 (all white)
         levels = np.asarray(image).astype(np.uint32).clip(0, 0xFFFF) >> 8
