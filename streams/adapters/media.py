@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
-from urllib.parse import SplitResult, unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 from encoders_onnx.decoding import MediaError
 
@@ -237,7 +237,19 @@ def _parse_http_url(uri: str) -> _Target:
         path += "?" + parts.query
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in path):
         raise MediaError("bad_url", "control characters or spaces in the URL path")
-    return _Target(scheme, host, port or (443 if scheme == "https" else 80), path)
+    return _Target(scheme, host, port or (443 if scheme == "https" else 80), _ascii_request_target(path))
+
+
+def _ascii_request_target(path: str) -> str:
+    """Percent-encode what is not ASCII (as UTF-8, RFC 3986 section 3.1), as browsers do.
+
+    Sellers paste URLs like ``/imgé.jpg`` that a browser shows and fetches; the request line must be
+    ASCII. Everything ASCII, existing ``%XX`` escapes included, is sent as it is.
+    """
+    try:
+        return "".join(c if c.isascii() else quote(c, safe="") for c in path)
+    except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+        raise MediaError("bad_url", f"not encodable as UTF-8: {exc.reason}") from exc
 
 
 def _resolve(target: _Target, limits: MediaLimits, deadline: _Deadline) -> list[tuple]:
@@ -369,6 +381,14 @@ def _connection(target: _Target) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(target.host, target.port)
 
 
+def _header_text(value: str) -> str:
+    """A header as its sender meant it: http.client decodes bytes as Latin-1, servers send UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def _handle_response(
     response: http.client.HTTPResponse,
     target: _Target,
@@ -380,7 +400,7 @@ def _handle_response(
         location = response.getheader("Location")
         if not location:
             raise MediaError("http_error", f"HTTP {response.status} without a Location")
-        return location
+        return _header_text(location)
     if not 200 <= response.status < 300:
         raise MediaError("http_error", f"HTTP {response.status} {response.reason} from {target.host!r}")
     declared = response.length  # None when chunked or delimited by close

@@ -356,6 +356,31 @@ def test_redirects_are_followed_up_to_three(root, serve):
 
 
 @pytest.mark.parametrize(
+    "path, sent",
+    [
+        ("/imgé.jpg", "/img%C3%A9.jpg"),
+        ("/photos/übersicht.jpg?größe=groß&id=7", "/photos/%C3%BCbersicht.jpg?gr%C3%B6%C3%9Fe=gro%C3%9F&id=7"),
+        ("/%E2%82%AC/€.jpg", "/%E2%82%AC/%E2%82%AC.jpg"),  # existing escapes are kept as they are
+    ],
+)
+def test_non_ascii_urls_are_percent_encoded(root, serve, path, sent):
+    server = serve()
+    server.routes[sent] = ok(JPEG)
+    assert fetch_bytes(server.url(path), private_ok(root)) == JPEG
+
+
+def test_a_utf8_redirect_location_is_followed(root, serve):
+    server = serve()
+    server.routes["/go"] = raw(b"HTTP/1.0 302 Found\r\nLocation: /imag\xc3\xa9.jpg\r\n\r\n")
+    server.routes["/imag%C3%A9.jpg"] = ok(JPEG)
+    assert fetch_bytes(server.url("/go"), private_ok(root)) == JPEG
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:1/a\ud800.jpg", "/a\ud800.jpg", "file:///a\udfff.jpg"])
+def test_a_lone_surrogate_is_a_bad_url(root, uri):
+    fails("bad_url", fetch_bytes, uri, private_ok(root))
+
+@pytest.mark.parametrize(
     "location, code",
     [
         ("http://169.254.169.254/latest/meta-data/", "blocked_address"),
