@@ -18,6 +18,7 @@ import struct
 import subprocess
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -379,6 +380,39 @@ def test_a_utf8_redirect_location_is_followed(root, serve):
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:1/a\ud800.jpg", "/a\ud800.jpg", "file:///a\udfff.jpg"])
 def test_a_lone_surrogate_is_a_bad_url(root, uri):
     fails("bad_url", fetch_bytes, uri, private_ok(root))
+
+
+@pytest.mark.parametrize("per_host, fast_ones_arrive", [(1, True), (4, False)], ids=["limited", "control-unlimited"])
+def test_a_slow_host_cannot_take_every_thread(root, serve, per_host, fast_ones_arrive):
+    """Two threads; the slow host's four URLs come first. Limited to one download per host, the
+    other host's images all arrive; without the limit both threads wait on the slow host until
+    the batch deadline and nothing arrives (the control shows the test can fail)."""
+    slow, fast = serve(), serve()
+    trickling = raw(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n", trickle=b"x")
+    slow.routes.update({f"/s.jpg?{i}": trickling for i in range(4)})
+    fast.routes["/f.jpg"] = ok(JPEG)
+    lim = private_ok(root, timeout_s=60.0)
+    requests = [(slow.url(f"/s.jpg?{i}"), lim) for i in range(4)] + [(fast.url("/f.jpg"), lim) for _ in range(4)]
+    with ThreadPoolExecutor(2) as pool:
+        results = media.BatchFetcher(pool, per_host).fetch_all(requests, deadline_s=1.5)
+        slow.stop.set()  # ends the trickles, so the pool can shut down
+    assert all(isinstance(r, MediaError) and r.code == "timeout" for r in results[:4]), results[:4]
+    assert any("deadline" in r.message for r in results[:4])
+    assert (results[4:] == [JPEG] * 4) is fast_ones_arrive
+
+
+def test_batch_fetcher_keeps_order_and_errors(root, serve):
+    server = serve()
+    server.routes["/a.jpg"] = ok(JPEG)
+    (root / "local.jpg").write_bytes(b"local")
+    requests = [(server.url("/a.jpg"), private_ok(root)), ("local.jpg", private_ok(root)),
+                (server.url("/missing.jpg"), private_ok(root)), ("ftp://x/y", private_ok(root))]
+    with ThreadPoolExecutor(4) as pool:
+        results = media.BatchFetcher(pool, per_host=1).fetch_all(requests, deadline_s=30)
+    assert results[:2] == [JPEG, b"local"]
+    assert [r.code for r in results[2:]] == ["http_error", "bad_scheme"]
+    with pytest.raises(ValueError):
+        media.BatchFetcher(pool, per_host=0)
 
 @pytest.mark.parametrize(
     "location, code",
