@@ -27,6 +27,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from encoders_onnx.decoding import MediaError, load_image
@@ -586,3 +588,27 @@ def test_exif_orientation_is_applied():
     Image.new("RGB", (80, 60), (200, 30, 30)).save(buffer, "JPEG", exif=exif)
     image = load_image(buffer.getvalue(), max_pixels=1_000_000)
     assert image.size == (60, 80) and image.mode == "RGB"
+
+
+# --- property: any URI string gives bytes or a MediaError -------------------------------------
+
+URI_CODES = {"bad_scheme", "bad_url", "not_found", "outside_media_root", "not_a_file", "unreadable", "blocked_address"}
+
+
+@settings(deadline=None, derandomize=True, max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prefix=st.sampled_from(["", "file://", "file:///", "http://127.0.0.1/", "https://[::1]:8443/", "http://", "ftp://"]),
+    rest=st.text(max_size=40),
+)
+def test_any_uri_gives_bytes_or_a_media_error(root, monkeypatch, prefix, rest):
+    """Local paths and file URIs stay inside the root; every host "resolves" to loopback and is
+    refused before any connection, so each URL is parsed, vetted and percent-encoded without
+    touching the network."""
+    loopback = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: loopback)
+    try:
+        data = fetch_bytes(prefix + rest, limits(root))
+    except MediaError as exc:
+        assert exc.code in URI_CODES, exc
+    else:
+        assert data == JPEG  # the only file in the root
