@@ -250,3 +250,13 @@ def test_wide_modes_are_shown_at_their_8_bit_levels(make) -> None:
     shown = as_shown(image)
     assert shown.mode == "L"
     assert np.array_equal(np.asarray(shown), expected)
+
+
+@pytest.mark.parametrize("mode, key", [("L", 7), ("RGB", (7, 7, 7))])
+def test_a_transparent_colour_key_is_composited_on_white(mode: str, key: int | tuple[int, ...]) -> None:
+    grey = np.full((8, 8), 100, np.uint8)
+    grey[:, :4] = 7  # the keyed colour: transparent
+    image = Image.fromarray(grey, "L").convert(mode)
+    shown = np.full((8, 8, 3), 100, np.uint8)
+    shown[:, :4] = 255
+    assert np.array_equal(np.asarray(load_image(encode(image, "PNG", transparency=key), MAX_PIXELS)), shown)
