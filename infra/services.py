@@ -4,6 +4,10 @@ Each service runs as its own process in its own session, so it outlives the ``sh
 CLI and is stopped later by the pid recorded in ``STATE_DIR/services.json``. A pid is only
 signalled after ``/proc`` confirms it is still the process we started (same executable and
 same start time): pids are recycled, and we must never kill someone else's process.
+
+A service that died is restarted on the port it was recorded with, so clients that are already
+running (a worker) reconnect to the address they know. redis-server keeps an append-only file in
+``STATE_DIR/redis``: the feature cache and the delete tombstones survive its restart.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 20
 # A port picked as free can be taken by another process before the service binds it.
 PORT_ATTEMPTS = 3
+# A recorded port may still be held for a moment by the process that just died.
+REBIND_WAIT_S = 0.5
 
 
 class ServiceError(RuntimeError):
@@ -100,10 +106,24 @@ def _tansu_args(port: int, state_dir: Path) -> list[str]:
     return ["broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
 
 
+# How redis-server syncs its append-only file. Redis write()s each command to the file before it
+# replies, except under "everysec", which postpones that write (up to 2 s) while a background
+# fsync runs: measured here, a SET acknowledged right after another was lost when redis-server
+# was killed at once. "no" and "always" both keep every acknowledged write across a crash or kill
+# of redis-server; "always" also across an OS crash, at a price measured on this machine: a
+# pipeline of 32 SETs of 5 kB (one modality of a batch) took 52 ms instead of 3 ms. An OS crash
+# also empties the embedded broker (memory storage), so "always" would buy nothing here.
+REDIS_APPENDFSYNC = "no"
+
+
 def _redis_args(port: int, state_dir: Path) -> list[str]:
+    """Persistence by an append-only file only (no RDB snapshots), replayed at start."""
     data_dir = state_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    return ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data_dir)]
+    return [
+        "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+        "--save", "", "--appendonly", "yes", "--appendfsync", REDIS_APPENDFSYNC,
+    ]
 
 
 def _answering(service: _Service, port: int, timeout_s: float = 2.0) -> bool:
@@ -135,6 +155,7 @@ def read_service_state(state_dir: Path) -> dict[str, Any]:
 def start_services(state_dir: Path | str, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
     """Start the broker and redis-server (or reuse the recorded ones that still answer).
 
+    A recorded service that died or stopped answering is started again on its recorded port.
     Returns the state also written to ``STATE_DIR/services.json``, which ``Settings.from_env``
     reads for its default addresses.
     """
@@ -152,7 +173,7 @@ def start_services(state_dir: Path | str, timeout_s: float = START_TIMEOUT_S) ->
                     continue
                 if old and _owns(old):  # ours but not answering: replace it
                     _stop(service, old)
-                records[service.name] = _launch(service, state_dir, timeout_s)
+                records[service.name] = _launch(service, state_dir, timeout_s, old["port"] if old else None)
                 launched.append(service)
         except BaseException:
             for service in launched:  # not recorded yet: nobody else could stop them
@@ -210,13 +231,22 @@ def service_status(state_dir: Path | str) -> dict[str, dict[str, Any]]:
 # --- launching and stopping -------------------------------------------------------------------
 
 
-def _launch(service: _Service, state_dir: Path, timeout_s: float) -> dict[str, Any]:
-    """Start one service on a free loopback port and wait until it answers."""
+def _launch(service: _Service, state_dir: Path, timeout_s: float, port: int | None = None) -> dict[str, Any]:
+    """Start one service on ``port`` (its recorded one), else on a free loopback port, and wait
+    until it answers."""
     binary = service.locate()
     log_path = state_dir / "logs" / f"{service.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(PORT_ATTEMPTS):
-        port = _free_port()
+    recorded, held, proc = port, False, None
+    for attempt in range(PORT_ATTEMPTS):
+        if recorded is None:
+            port = _free_port()
+        else:
+            if attempt:
+                time.sleep(REBIND_WAIT_S)
+            held = _port_open(recorded)
+            if held:  # by another process, which would answer in our place
+                continue
         cmd = [str(binary), *service.args(port, state_dir)]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -234,8 +264,15 @@ def _launch(service: _Service, state_dir: Path, timeout_s: float) -> dict[str, A
             f"{service.name} did not answer on 127.0.0.1:{port} within {timeout_s:.0f} s; "
             f"{log_path} ends with:\n{_tail(log_path)}"
         )
+    if held or proc is None:
+        raise ServiceError(
+            f"{service.name} cannot be restarted on its recorded port 127.0.0.1:{recorded}: another process "
+            f"holds it; stop that process, or run `shelfstream down` then `up` to pick new ports "
+            f"(running workers must then be restarted); {log_path} ends with:\n{_tail(log_path)}"
+        )
     raise ServiceError(
-        f"{service.name} exited right after starting ({PORT_ATTEMPTS} attempts, exit code {proc.returncode}); "
+        f"{service.name} exited right after starting ({PORT_ATTEMPTS} attempts on port {port}, exit code "
+        f"{proc.returncode}); "
         f"{log_path} ends with:\n{_tail(log_path)}"
     )
 

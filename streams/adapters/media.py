@@ -8,6 +8,8 @@ Media URIs come from untrusted sellers, so every path here assumes the URI is ho
   link-local, multicast or reserved targets unless allowed), and the connection goes to the
   vetted address, so DNS rebinding cannot redirect it; redirects are re-vetted hop by hop;
 * every download is capped in bytes and in wall-clock time, headers included;
+* ``BatchFetcher`` runs a batch's downloads with a per-host concurrency limit and one deadline
+  for the batch, so a slow seller host delays only its own media;
 * images are decoded by ``encoders_onnx.decoding``, refused on their header dimensions first.
 
 Every failure is a :class:`MediaError` with a short machine-readable ``code``.
@@ -24,10 +26,12 @@ import ssl
 import stat
 import threading
 import time
+from collections import defaultdict, deque
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
-from urllib.parse import SplitResult, unquote, urljoin, urlsplit
+from typing import Any, Callable, Sequence, TypeVar
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 from encoders_onnx.decoding import MediaError
 
@@ -73,8 +77,12 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fetch_bytes(uri: str, limits: MediaLimits) -> bytes:
-    """The bytes behind ``uri`` (local path, ``file://``, ``http://`` or ``https://``), bounded."""
+def fetch_bytes(uri: str, limits: MediaLimits, until: float | None = None) -> bytes:
+    """The bytes behind ``uri`` (local path, ``file://``, ``http://`` or ``https://``), bounded.
+
+    A download ends after ``limits.timeout_s`` or at ``until`` (a ``time.monotonic()`` instant,
+    e.g. a batch's media deadline), whichever comes first.
+    """
     try:
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()
@@ -87,8 +95,69 @@ def fetch_bytes(uri: str, limits: MediaLimits) -> bytes:
             raise MediaError("bad_url", f"file URI with a remote host: {uri!r}")
         return _read_local(unquote(parts.path), limits)
     if scheme in ("http", "https"):
-        return _fetch_http(uri, limits, _Deadline(limits.timeout_s))
+        return _fetch_http(uri, limits, _Deadline(limits.timeout_s, until))
     raise MediaError("bad_scheme", f"scheme {scheme!r} is not file, http or https")
+
+
+class BatchFetcher:
+    """Downloads a batch's media so that one slow seller host cannot stall the others.
+
+    At most ``per_host`` downloads run at once per host (scheme, host and port; local files are
+    not limited), so the pool's threads are shared among hosts instead of all waiting on one.
+    Every download also ends at the batch's deadline: what is not fetched by then, started or
+    still queued behind its host, is a ``MediaError("timeout")``, and ``fetch_all`` returns
+    then. A download cut by the deadline stops within moments (its socket is shut down), so
+    its thread is free for the next batch.
+    """
+
+    def __init__(self, pool: Executor, per_host: int) -> None:
+        if per_host < 1:
+            raise ValueError(f"per_host must be at least 1, not {per_host}")
+        self.pool = pool
+        self.per_host = per_host
+
+    def fetch_all(self, requests: Sequence[tuple[str, MediaLimits]], deadline_s: float) -> list[bytes | MediaError]:
+        """The bytes or the ``MediaError`` of each ``(uri, limits)``, in order, within ``deadline_s``."""
+        until = time.monotonic() + deadline_s
+        results: list[bytes | MediaError | None] = [None] * len(requests)
+        queued: dict[str | None, deque[int]] = defaultdict(deque)
+        for index, (uri, _) in enumerate(requests):
+            queued[_host_key(uri)].append(index)
+        running: dict[Future[bytes], tuple[str | None, int]] = {}
+
+        def start(host: str | None) -> None:
+            index = queued[host].popleft()
+            uri, limits = requests[index]
+            running[self.pool.submit(fetch_bytes, uri, limits, until)] = (host, index)
+
+        for host, indexes in queued.items():
+            for _ in range(len(indexes) if host is None else min(self.per_host, len(indexes))):
+                start(host)
+        while running:
+            done, _ = wait(running, timeout=max(0.0, until - time.monotonic()), return_when=FIRST_COMPLETED)
+            if not done:
+                break
+            for future in done:
+                host, index = running.pop(future)
+                error = future.exception()
+                if error is not None and not isinstance(error, MediaError):
+                    raise error
+                results[index] = error if error is not None else future.result()
+                if queued[host]:
+                    start(host)
+        late = MediaError("timeout", f"not fetched within the batch's media deadline of {deadline_s:g} s")
+        return [late if result is None else result for result in results]
+
+
+def _host_key(uri: str) -> str | None:
+    """``scheme://host:port`` of an http(s) URI; None for local files and unparsable URIs."""
+    try:
+        parts = urlsplit(uri)
+        if parts.scheme.lower() in ("http", "https"):
+            return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port}"
+    except ValueError:
+        pass
+    return None
 
 
 # --- local files ---------------------------------------------------------------------------
@@ -158,9 +227,12 @@ def _open_beneath(root: str, names: list[str]) -> int:
 class _Deadline:
     """One wall-clock budget shared by DNS, connects, TLS, headers and body of every hop."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, until: float | None = None) -> None:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
+        self.cut_short = until is not None and until < self.at  # by the batch's deadline
+        if self.cut_short:
+            self.at = until
 
     def remaining(self) -> float:
         left = self.at - time.monotonic()
@@ -169,6 +241,8 @@ class _Deadline:
         return left
 
     def error(self) -> MediaError:
+        if self.cut_short:
+            return MediaError("timeout", "download not finished at the batch's media deadline")
         return MediaError("timeout", f"download took longer than {self.seconds:g} s")
 
 
@@ -237,7 +311,19 @@ def _parse_http_url(uri: str) -> _Target:
         path += "?" + parts.query
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in path):
         raise MediaError("bad_url", "control characters or spaces in the URL path")
-    return _Target(scheme, host, port or (443 if scheme == "https" else 80), path)
+    return _Target(scheme, host, port or (443 if scheme == "https" else 80), _ascii_request_target(path))
+
+
+def _ascii_request_target(path: str) -> str:
+    """Percent-encode what is not ASCII (as UTF-8, RFC 3986 section 3.1), as browsers do.
+
+    Sellers paste URLs like ``/imgé.jpg`` that a browser shows and fetches; the request line must be
+    ASCII. Everything ASCII, existing ``%XX`` escapes included, is sent as it is.
+    """
+    try:
+        return "".join(c if c.isascii() else quote(c, safe="") for c in path)
+    except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+        raise MediaError("bad_url", f"not encodable as UTF-8: {exc.reason}") from exc
 
 
 def _resolve(target: _Target, limits: MediaLimits, deadline: _Deadline) -> list[tuple]:
@@ -369,6 +455,14 @@ def _connection(target: _Target) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(target.host, target.port)
 
 
+def _header_text(value: str) -> str:
+    """A header as its sender meant it: http.client decodes bytes as Latin-1, servers send UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def _handle_response(
     response: http.client.HTTPResponse,
     target: _Target,
@@ -380,7 +474,7 @@ def _handle_response(
         location = response.getheader("Location")
         if not location:
             raise MediaError("http_error", f"HTTP {response.status} without a Location")
-        return location
+        return _header_text(location)
     if not 200 <= response.status < 300:
         raise MediaError("http_error", f"HTTP {response.status} {response.reason} from {target.host!r}")
     declared = response.length  # None when chunked or delimited by close

@@ -14,6 +14,7 @@ from PIL import Image
 
 from encoders_onnx.image import ImageEncoder
 from encoders_onnx.video import (
+    MAX_FRAME_PIXELS,
     SampledFrames,
     VideoEmbedding,
     VideoEncoder,
@@ -137,7 +138,10 @@ def test_limits_from_settings() -> None:
     settings = Settings(max_video_seconds=7, max_video_frames=5, video_max_side=200, video_decode_timeout_s=3)
     limits = VideoLimits.from_settings(settings)
     assert (limits.max_seconds, limits.max_frames, limits.max_side, limits.timeout_s) == (7, 5, 200, 3)
-    assert (limits.max_bytes, limits.max_pixels) == (settings.max_video_bytes, settings.max_image_pixels)
+    assert (limits.max_bytes, limits.max_pixels) == (settings.max_video_bytes, MAX_FRAME_PIXELS)
+    assert settings.max_image_pixels > MAX_FRAME_PIXELS  # video frames are capped below images
+    small = VideoLimits.from_settings(Settings(max_image_pixels=1_000_000))
+    assert small.max_pixels == 1_000_000
 
 
 # --- sampling ----------------------------------------------------------------------------------------

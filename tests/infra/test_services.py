@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -121,17 +122,68 @@ def test_up_is_idempotent_and_down_stops_exactly_ours(tmp_path: Path, bystander:
     assert stop_services(tmp_path) == []
 
 
+def _kill(state: dict, name: str) -> int:
+    """SIGKILL a recorded service, as a crash would, and reap it as a shell would."""
+    pid = state["services"][name]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)  # our child (started by this test process)
+    return pid
+
+
 @pytest.mark.integration
-def test_up_replaces_a_dead_service_and_keeps_the_live_one(tmp_path: Path) -> None:
+def test_a_killed_redis_comes_back_on_its_port_with_its_keys(tmp_path: Path) -> None:
+    """Tombstones and cached vectors are acknowledged writes: none may be lost by a crash."""
     first = start_services(tmp_path)
     try:
-        dead = first["services"]["redis"]["pid"]
-        os.kill(dead, signal.SIGKILL)
-        os.waitpid(dead, 0)  # our child: reap it, as a shell would
+        client = redis.Redis.from_url(first["redis_url"])
+        client.set("tombstone:p1", b"7")
+        client.set("vector:abc", b"\x00" * 1536, ex=3600)
+        client.close()
+        dead = _kill(first, "redis")
+        assert not service_status(tmp_path)["redis"]["answering"]
         second = start_services(tmp_path)
-        assert second["services"]["kafka"]["pid"] == first["services"]["kafka"]["pid"]
         assert second["services"]["redis"]["pid"] != dead
-        assert redis.Redis.from_url(second["redis_url"]).ping()
+        assert second["services"]["redis"]["port"] == first["services"]["redis"]["port"]
+        assert second["redis_url"] == first["redis_url"]
+        assert second["services"]["kafka"]["pid"] == first["services"]["kafka"]["pid"]  # the live one is kept
+        client = redis.Redis.from_url(second["redis_url"])
+        assert client.get("tombstone:p1") == b"7"
+        assert client.get("vector:abc") == b"\x00" * 1536 and client.ttl("vector:abc") > 0
+        client.close()
+        assert (tmp_path / "redis" / "appendonly.aof").is_file()
+    finally:
+        stop_services(tmp_path)
+
+
+@pytest.mark.integration
+def test_a_killed_broker_comes_back_on_its_port(tmp_path: Path) -> None:
+    first = start_services(tmp_path)
+    try:
+        _kill(first, "kafka")
+        second = start_services(tmp_path)
+        assert second["kafka_bootstrap"] == first["kafka_bootstrap"]
+        assert second["services"]["kafka"]["pid"] != first["services"]["kafka"]["pid"]
+        assert service_status(tmp_path)["kafka"]["answering"]
+        topic = f"infra-test-{uuid.uuid4().hex[:8]}"
+        admin = AdminClient({"bootstrap.servers": second["kafka_bootstrap"]})
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=30)
+    finally:
+        stop_services(tmp_path)
+
+
+@pytest.mark.integration
+def test_a_recorded_port_held_by_another_process_is_reported(tmp_path: Path) -> None:
+    first = start_services(tmp_path)
+    port = first["services"]["redis"]["port"]
+    try:
+        _kill(first, "redis")
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            with pytest.raises(ServiceError, match=f"recorded port 127.0.0.1:{port}: another process holds it"):
+                start_services(tmp_path)
+        assert start_services(tmp_path)["services"]["redis"]["port"] == port  # freed: heals
     finally:
         stop_services(tmp_path)
 
@@ -150,7 +202,7 @@ def test_a_recorded_pid_is_signalled_only_if_still_ours(
     is not vacuous)."""
     start = _proc_start(bystander.pid)
     fake = {
-        "pid": bystander.pid, "port": 1,
+        "pid": bystander.pid, "port": services_module._free_port(),
         "cmd": [bystander.args[0] if same_binary else str(KAFKA.locate()), "60"],
         "proc_start": start if same_start else start - 1,
     }

@@ -18,6 +18,7 @@ import struct
 import subprocess
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from encoders_onnx.decoding import MediaError, load_image
@@ -356,6 +359,64 @@ def test_redirects_are_followed_up_to_three(root, serve):
 
 
 @pytest.mark.parametrize(
+    "path, sent",
+    [
+        ("/imgé.jpg", "/img%C3%A9.jpg"),
+        ("/photos/übersicht.jpg?größe=groß&id=7", "/photos/%C3%BCbersicht.jpg?gr%C3%B6%C3%9Fe=gro%C3%9F&id=7"),
+        ("/%E2%82%AC/€.jpg", "/%E2%82%AC/%E2%82%AC.jpg"),  # existing escapes are kept as they are
+    ],
+)
+def test_non_ascii_urls_are_percent_encoded(root, serve, path, sent):
+    server = serve()
+    server.routes[sent] = ok(JPEG)
+    assert fetch_bytes(server.url(path), private_ok(root)) == JPEG
+
+
+def test_a_utf8_redirect_location_is_followed(root, serve):
+    server = serve()
+    server.routes["/go"] = raw(b"HTTP/1.0 302 Found\r\nLocation: /imag\xc3\xa9.jpg\r\n\r\n")
+    server.routes["/imag%C3%A9.jpg"] = ok(JPEG)
+    assert fetch_bytes(server.url("/go"), private_ok(root)) == JPEG
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:1/a\ud800.jpg", "/a\ud800.jpg", "file:///a\udfff.jpg"])
+def test_a_lone_surrogate_is_a_bad_url(root, uri):
+    fails("bad_url", fetch_bytes, uri, private_ok(root))
+
+
+@pytest.mark.parametrize("per_host, fast_ones_arrive", [(1, True), (4, False)], ids=["limited", "control-unlimited"])
+def test_a_slow_host_cannot_take_every_thread(root, serve, per_host, fast_ones_arrive):
+    """Two threads; the slow host's four URLs come first. Limited to one download per host, the
+    other host's images all arrive; without the limit both threads wait on the slow host until
+    the batch deadline and nothing arrives (the control shows the test can fail)."""
+    slow, fast = serve(), serve()
+    trickling = raw(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n", trickle=b"x")
+    slow.routes.update({f"/s.jpg?{i}": trickling for i in range(4)})
+    fast.routes["/f.jpg"] = ok(JPEG)
+    lim = private_ok(root, timeout_s=60.0)
+    requests = [(slow.url(f"/s.jpg?{i}"), lim) for i in range(4)] + [(fast.url("/f.jpg"), lim) for _ in range(4)]
+    with ThreadPoolExecutor(2) as pool:
+        results = media.BatchFetcher(pool, per_host).fetch_all(requests, deadline_s=1.5)
+        slow.stop.set()  # ends the trickles, so the pool can shut down
+    assert all(isinstance(r, MediaError) and r.code == "timeout" for r in results[:4]), results[:4]
+    assert any("deadline" in r.message for r in results[:4])
+    assert (results[4:] == [JPEG] * 4) is fast_ones_arrive
+
+
+def test_batch_fetcher_keeps_order_and_errors(root, serve):
+    server = serve()
+    server.routes["/a.jpg"] = ok(JPEG)
+    (root / "local.jpg").write_bytes(b"local")
+    requests = [(server.url("/a.jpg"), private_ok(root)), ("local.jpg", private_ok(root)),
+                (server.url("/missing.jpg"), private_ok(root)), ("ftp://x/y", private_ok(root))]
+    with ThreadPoolExecutor(4) as pool:
+        results = media.BatchFetcher(pool, per_host=1).fetch_all(requests, deadline_s=30)
+    assert results[:2] == [JPEG, b"local"]
+    assert [r.code for r in results[2:]] == ["http_error", "bad_scheme"]
+    with pytest.raises(ValueError):
+        media.BatchFetcher(pool, per_host=0)
+
+@pytest.mark.parametrize(
     "location, code",
     [
         ("http://169.254.169.254/latest/meta-data/", "blocked_address"),
@@ -527,3 +588,27 @@ def test_exif_orientation_is_applied():
     Image.new("RGB", (80, 60), (200, 30, 30)).save(buffer, "JPEG", exif=exif)
     image = load_image(buffer.getvalue(), max_pixels=1_000_000)
     assert image.size == (60, 80) and image.mode == "RGB"
+
+
+# --- property: any URI string gives bytes or a MediaError -------------------------------------
+
+URI_CODES = {"bad_scheme", "bad_url", "not_found", "outside_media_root", "not_a_file", "unreadable", "blocked_address"}
+
+
+@settings(deadline=None, derandomize=True, max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prefix=st.sampled_from(["", "file://", "file:///", "http://127.0.0.1/", "https://[::1]:8443/", "http://", "ftp://"]),
+    rest=st.text(max_size=40),
+)
+def test_any_uri_gives_bytes_or_a_media_error(root, monkeypatch, prefix, rest):
+    """Local paths and file URIs stay inside the root; every host "resolves" to loopback and is
+    refused before any connection, so each URL is parsed, vetted and percent-encoded without
+    touching the network."""
+    loopback = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: loopback)
+    try:
+        data = fetch_bytes(prefix + rest, limits(root))
+    except MediaError as exc:
+        assert exc.code in URI_CODES, exc
+    else:
+        assert data == JPEG  # the only file in the root
