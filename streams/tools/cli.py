@@ -90,6 +90,9 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("-n", type=int, default=2000, help="products (default 2000)")
     bench.add_argument("--mapping", type=Path, help="column mapping of the dataset (default: demo/catalog/mapping.json)")
     bench.add_argument("--json", action="store_true", help="print only the JSON result")
+    bench.add_argument("--store", action="store_true", help="benchmark the product store alone: Qdrant Edge against qdrant-client local mode")
+    bench.add_argument("--points", type=int, default=44_000, help="points of --store (default 44000)")
+    bench.add_argument("--no-local-mode", action="store_true", help="--store without the slow local-mode baseline")
 
     lazy = {
         "train": command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle"),
@@ -197,6 +200,12 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> None:
+    if args.store:
+        from streams.tools.bench_store import run_store_bench
+
+        print(json.dumps(run_store_bench(settings, args.points, quiet=args.json, local_mode=not args.no_local_mode),
+                         indent=None if args.json else 2))
+        return
     from streams.tools.bench import run_bench
 
     result = run_bench(settings, args.dataset, args.n, quiet=args.json, **({"mapping_path": args.mapping} if args.mapping else {}))
