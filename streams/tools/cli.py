@@ -99,6 +99,9 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
         "eval": command("eval", cmd_eval, "evaluate text, image, early/late/learned/autoencoder fusion and baselines on the test split"),
     }
     command("reindex", cmd_reindex, "re-embed the served catalog with the configured models, then switch queries to it")
+    for name, help_text in (("backup", "snapshot the product store into DIR (Edge shards, or the server's snapshot API)"),
+                            ("restore", "replace the product store by the snapshots in DIR and point the alias as it was")):
+        command(name, cmd_backup, help_text).add_argument("dir", type=Path)
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
     lazy["make-videos"] = command("make-videos", cmd_make_videos, "make test clips from product images (no real product videos exist here)")
     if running in LAZY_FLAGS:
@@ -114,7 +117,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     from infra.services import start_services
 
     state = start_services(settings.state_path)
-    print(f"kafka  {state['kafka_bootstrap']}\nredis  {state['redis_url']}\nqdrant {settings.qdrant_path} (local mode)")
+    print(f"kafka  {state['kafka_bootstrap']}\nredis  {state['redis_url']}\nqdrant {settings.qdrant_path} (Qdrant Edge)")
     print(f"state  {settings.state_path}")
 
 
@@ -130,8 +133,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
     from streams.tools.client import get_json
 
     status = service_status(settings.state_path)
-    status["qdrant"] = ({"mode": "server", "url": settings.qdrant_url} if settings.qdrant_url
-                        else {"mode": "local", "path": settings.qdrant_path})
+    status["qdrant"] = ({"mode": "client", "url": settings.qdrant_url} if settings.qdrant_url
+                        else {"mode": "edge", "path": settings.qdrant_path})
     print(json.dumps(status, indent=2))
     try:
         print(json.dumps({"worker": get_json(f"{settings.worker_url}/stats")}, indent=2))
@@ -252,6 +255,13 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     job = reindex_command(settings)
     print(f"reindex {job.state} in {job.seconds} s: {job.message} {job.counts or ''}".rstrip())
     return 0 if job.state == "done" else 1
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.client import backup_command
+
+    done = backup_command(settings, args.dir, restore=args.command == "restore")
+    print(f"{args.command}: {', '.join(done)} ({args.dir})")
 
 
 def cmd_make_videos(args: argparse.Namespace, settings: Settings) -> None:

@@ -211,8 +211,9 @@ class ProductStore:
         return self.point_count(self.collection)
 
     def point_count(self, collection: str) -> int:
+        target = self._resolve(collection)
         with self._lock:
-            return self._engine.count(self._resolve(collection))
+            return self._engine.count(target)
 
     def all_points(self, with_vectors: bool = True, collection: str | None = None) -> list[StoredPoint]:
         """Every point of this version's collection (or another one)."""

@@ -41,6 +41,7 @@ from streams.adapters.store.model import (
 )
 
 ALIASES = "aliases.json"
+HNSW_VECTOR = "fused"
 
 
 def _vector(vector: np.ndarray | SparseVector) -> Any:
@@ -77,8 +78,14 @@ class EdgeEngine:
     # -- collections and aliases ---------------------------------------------------------------
 
     def _config(self, dims: Mapping[str, int]) -> qe.EdgeConfig:
+        """HNSW (when ``optimize()`` runs) only on ``fused``, what similar items and the default
+        query read; text and image (m=0: no graph) are searched exactly: see README, Scale."""
+        def hnsw(name: str) -> qe.HnswIndexConfig:
+            return qe.HnswIndexConfig(m=16 if name == HNSW_VECTOR else 0, ef_construct=100, full_scan_threshold=10_000)
+
         return qe.EdgeConfig(
-            vectors={name: qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine) for name, size in dims.items()},
+            vectors={name: qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, hnsw_config=hnsw(name))
+                     for name, size in dims.items()},
             sparse_vectors={KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
         )
 
