@@ -16,6 +16,7 @@ encoders. Queries are timed one at a time, as a query API issues them:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -133,12 +134,14 @@ def run_store_bench(settings: Settings, n: int, quiet: bool = False, local_mode:
             result["memory_bytes_per_point"] = round((_rss_bytes() - rss) / n)
             say(f"      {QUERIES} queries of each kind, brute force (no HNSW yet)")
             result.update(measure_queries(store, n, QUERIES))
+            say(f"      {json.dumps(result)}")
             if optimize:
                 say("      optimize(): HNSW on fused")
                 started = time.perf_counter()
                 store.optimize()
                 result["index_build_s"] = round(time.perf_counter() - started, 1)
                 result.update({f"hnsw_{k}": v for k, v in measure_queries(store, n, QUERIES, seed=2).items()})
+                say(f"      {json.dumps(result)}")
         finally:
             store.close()
         result["bytes_per_point"] = round(_folder_bytes(root / "edge") / n)

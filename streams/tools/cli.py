@@ -93,6 +93,7 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--store", action="store_true", help="benchmark the product store alone: Qdrant Edge against qdrant-client local mode")
     bench.add_argument("--points", type=int, default=44_000, help="points of --store (default 44000)")
     bench.add_argument("--no-local-mode", action="store_true", help="--store without the slow local-mode baseline")
+    bench.add_argument("--no-optimize", action="store_true", help="--store without building HNSW (optimize() takes minutes at 44k)")
 
     lazy = {
         "train": command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle"),
@@ -206,7 +207,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> None:
     if args.store:
         from streams.tools.bench_store import run_store_bench
 
-        print(json.dumps(run_store_bench(settings, args.points, quiet=args.json, local_mode=not args.no_local_mode),
+        print(json.dumps(run_store_bench(settings, args.points, quiet=args.json, local_mode=not args.no_local_mode,
+                                         optimize=not args.no_optimize),
                          indent=None if args.json else 2))
         return
     from streams.tools.bench import run_bench

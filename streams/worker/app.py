@@ -9,10 +9,10 @@ batch reached Qdrant: the committed offset never passes an event that was not wr
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import faust
