@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -96,6 +97,22 @@ def reindex_command(settings: Settings) -> ReindexJob:
             status = get_json(url)
         _show(bar, status["total"], status["done"])
     return ReindexJob(**status)
+
+
+def backup_command(settings: Settings, directory: Path, restore: bool = False) -> list[str]:
+    """Snapshot the store into ``directory`` (or restore from it): through the running worker
+    when one answers (it holds the Edge shards), else in this process."""
+    directory = directory.resolve()
+    try:
+        reply = post_json(f"{settings.worker_url}/backup", {"dir": str(directory), "restore": restore}, timeout=3600)
+    except ConnectionError:
+        fusion = load_encoders(settings).fusion
+        store = ProductStore(settings, fusion.dims, fusion.version)
+        try:
+            return store.restore(directory) if restore else [str(f) for f in store.backup(directory)]
+        finally:
+            store.close()
+    return list(reply["done"])
 
 
 def _show(bar: tqdm, total: int, done: int) -> None:

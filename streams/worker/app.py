@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import faust
@@ -250,6 +251,21 @@ def _add_query_api(app: faust.App, worker: WorkerState) -> None:
             pipeline = await asyncio.get_running_loop().run_in_executor(None, lambda: worker.pipeline)
             worker.reindex_job = start_in_background(pipeline, worker.reindex_job)
             return self.json(worker.reindex_job.as_dict())
+
+    @app.page("/backup")
+    class Backup(View):
+        """POST {"dir": DIR, "restore": false}: snapshot the store into DIR (true: restore from it)."""
+
+        async def post(self, request: Request) -> Response:
+            body = await request.json()
+            store: ProductStore = worker.pipeline.store
+            target = Path(str(body["dir"]))
+            action = (lambda: store.restore(target)) if body.get("restore") else (lambda: [str(f) for f in store.backup(target)])
+            try:
+                done = await asyncio.get_running_loop().run_in_executor(None, action)
+            except (OSError, ValueError, RuntimeError) as exc:
+                return self.json({"error": f"{type(exc).__name__}: {exc}"}, status=400)
+            return self.json({"done": done})
 
     @app.page("/query")
     class Query(View):

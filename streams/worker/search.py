@@ -8,6 +8,7 @@ CLI asks the worker's HTTP API first and opens the store itself only when no wor
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,8 @@ class Searcher:
         vector = self.store.vector(product_id, "fused", collection=self.store.alias)
         if vector is None:
             raise QueryError(f"product {product_id!r} is not indexed")
-        return self.store.search("fused", vector, k, filters, exclude_product_id=product_id)
+        filters = filters or SearchFilters()
+        return self.store.search("fused", vector, k, replace(filters, exclude_product_ids=(*filters.exclude_product_ids, product_id)))
 
     def by_text(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         if not text.strip():
