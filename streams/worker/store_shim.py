@@ -89,7 +89,7 @@ class ShimStore:
                offset: int = 0, score_threshold: float | None = None) -> list[Hit]:
         if using not in self._matrices:
             having = [r for r in self._points() if (r.vector or {}).get(using) is not None]
-            matrix = np.asarray([r.vector[using] for r in having], dtype=np.float32).reshape(len(having), -1)
+            matrix = np.asarray([r.vector[using] for r in having], dtype=np.float32).reshape(len(having), len(vector))
             self._matrices[using] = (having, matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12))
         records, matrix = self._matrices[using]
         if not records:
