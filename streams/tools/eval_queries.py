@@ -28,11 +28,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from exporters.catalog import split_of
-from streams.adapters.store import ProductStore
+from streams.adapters.store import ProductPoint, ProductStore
 from streams.settings import Settings
 from streams.worker.encoders import load_encoders
 from streams.worker.search import TEXT_MODES, Page, Searcher
-from streams.worker.store_shim import ShimStore
 
 DEFAULT_TEMPLATE = "{baseColour} {articleType} for {gender}"
 VARIANTS = ("titles", "full")
@@ -105,10 +104,9 @@ def index_rows(settings: Settings, rows: Sequence[Row], vectors: np.ndarray, var
     """A fresh store of the rows' title vectors; the ``titles`` variant leaves the attribute values
     out of the payload that the keyword index reads."""
     store = ProductStore(dataclasses.replace(settings, collection=f"eval_{variant}"), {"text": vectors.shape[1]})
-    writer = ShimStore(store)
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
-        store.upsert([writer.product_point(r.product_id, {"text": v}, {
+        store.upsert([ProductPoint(r.product_id, {"text": v}, {
             "product_id": r.product_id, "title": r.title, "description": r.description, "category": r.category,
             "category_path": [" > ".join(r.category[: i + 1]) for i in range(len(r.category))],
             "attributes": r.attributes if variant == "full" else {}, "modalities": ["text"],

@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 import uuid
+from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, Security, UploadFile
@@ -26,12 +27,11 @@ from pydantic import Base64Bytes
 from starlette.concurrency import run_in_threadpool
 
 from encoders_onnx.decoding import MediaError
-from streams.adapters.store import ProductStore
+from streams.adapters.store import ProductStore, SearchFilters
 from streams.settings import Settings
 from streams.worker.encoders import load_encoders
 from streams.worker.reindex import ReindexJob
 from streams.worker.search import ExplainedHit, Page, QueryError, Searcher, TextMode, UnknownProduct
-from streams.worker.store_shim import SearchFilters
 
 log = logging.getLogger("shelfstream.api")
 
@@ -54,6 +54,7 @@ class Backend(Protocol):
     def status(self, window: Any) -> dict[str, Any]: ...
     def start_reindex(self) -> ReindexJob: ...
     def reindex_status(self) -> ReindexJob: ...
+    def backup(self, directory: Path, restore: bool) -> list[str]: ...
 
 
 class NotServedHere(RuntimeError):
@@ -194,6 +195,15 @@ class ProductRecord(Product):
     vectors: dict[str, list[float]] | None = None
 
 
+class BackupRequest(Strict):
+    dir: str = Field(min_length=1, max_length=4096, description="a folder on the server's machine")
+    restore: bool = Field(False, description="restore from the folder instead of snapshotting into it")
+
+
+class BackupDone(BaseModel):
+    done: list[str] = Field(description="snapshot files written, or collections restored")
+
+
 class ReindexStatus(BaseModel):
     state: Literal["idle", "running", "done", "failed"]
     source: str | None
@@ -329,8 +339,21 @@ def create_api(backend: Backend) -> FastAPI:
     def reindex_status() -> ReindexStatus:
         return ReindexStatus(**backend.reindex_status().as_dict())
 
+    @v1.post("/backup", tags=["service"])
+    def backup(request: BackupRequest) -> BackupDone:
+        """Snapshot the store into a folder on the server's machine (Edge shards, or the Qdrant
+        server's snapshot API), or restore from one."""
+        try:
+            return BackupDone(done=backend.backup(Path(request.dir), request.restore))
+        except (OSError, ValueError, LookupError) as exc:
+            raise HTTPException(400, f"dir: {type(exc).__name__}: {exc}") from None
+
     app.include_router(v1)
     return app
+
+
+def backup_store(store: ProductStore, directory: Path, restore: bool) -> list[str]:
+    return store.restore(directory) if restore else [str(f) for f in store.backup(directory)]
 
 
 def _form_filter(raw: str | None) -> Filter | None:
@@ -401,6 +424,9 @@ class QueryService:
 
     def reindex_status(self) -> ReindexJob:
         raise NotServedHere("this query service does not index: ask a worker for GET /v1/reindex")
+
+    def backup(self, directory: Path, restore: bool) -> list[str]:
+        return backup_store(self.store, directory, restore)
 
     def close(self) -> None:
         self.store.close()

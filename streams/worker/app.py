@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 import faust
@@ -32,7 +33,7 @@ from streams.worker.pipeline import (
     Pipeline,
     Stats,
 )
-from streams.worker.api import create_api
+from streams.worker.api import backup_store, create_api
 from streams.worker.reindex import ReindexJob, start_in_background
 from streams.worker.search import Searcher
 
@@ -203,6 +204,9 @@ class WorkerBackend:
 
     def reindex_status(self) -> ReindexJob:
         return self.worker.reindex_job
+
+    def backup(self, directory: Path, restore: bool) -> list[str]:
+        return backup_store(self.worker.pipeline.store, directory, restore)
 
 
 class EmbeddedServer(uvicorn.Server):

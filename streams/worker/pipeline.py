@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
-from qdrant_client import models
 
 from encoders_onnx.decoding import MediaError, load_image
 from encoders_onnx.fusion import MODALITIES, ModalityBatch
@@ -31,10 +30,10 @@ from encoders_onnx.session import l2_normalize
 from streams.adapters.cache import FeatureCache, feature_key
 from streams.adapters.media import MediaLimits, content_hash, fetch_bytes
 from streams.adapters.store import (
+    ProductPoint,
     ProductStore,
     StoredState,
     category_prefixes,
-    point_id,
 )
 from streams.schema.events import EventError, ProductEvent, event_from_dict, parse_event
 from streams.settings import Settings
@@ -390,11 +389,9 @@ class Pipeline:
         named = self.encoders.fusion.fuse(batch)
         points = []
         for i, product in enumerate(products):
-            vector = {name: b.vectors[i].tolist() for name, b in named.items() if b.present[i]}
-            modalities = sorted(name for name in vector if name in MODALITIES)
-            points.append(models.PointStruct(
-                id=point_id(product.event.product_id), vector=vector, payload=self._payload(product, modalities),
-            ))
+            vectors = {name: b.vectors[i] for name, b in named.items() if b.present[i]}
+            modalities = sorted(name for name in vectors if name in MODALITIES)
+            points.append(ProductPoint(product.event.product_id, vectors, self._payload(product, modalities)))
         self.store.upsert(points)
 
     def _payload(self, product: _Product, modalities: list[str]) -> dict:

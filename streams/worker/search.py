@@ -15,9 +15,8 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from encoders_onnx.decoding import load_image
-from streams.adapters.store import Hit
+from streams.adapters.store import Hit, ProductStore, SearchFilters
 from streams.worker.encoders import Encoders
-from streams.worker.store_shim import SearchFilters, ShimStore
 
 TextMode = Literal["dense", "keyword", "hybrid"]
 ScoreKind = Literal["cosine", "bm25", "rrf"]
@@ -52,9 +51,9 @@ class ExplainedHit:
 
 
 class Searcher:
-    def __init__(self, store: Any, encoders: Encoders, max_image_pixels: int,
+    def __init__(self, store: ProductStore, encoders: Encoders, max_image_pixels: int,
                  default_mode: TextMode = "hybrid", keyword_weight: float = 1.0) -> None:
-        self.store = ShimStore(store)
+        self.store = store
         self.encoders = encoders
         self.max_image_pixels = max_image_pixels
         self.default_mode = default_mode
@@ -86,7 +85,7 @@ class Searcher:
         keyword: list[Hit] = []
         if mode != "dense":
             depth = page.offset + page.limit if mode == "keyword" else max(page.offset + page.limit, FUSION_DEPTH)
-            keyword = self.store.keyword_search(keyword_query(text), depth, filters)
+            keyword = self.store.keyword_search(with_singulars(text), depth, filters)
         if mode == "keyword":
             hits = [h for h in keyword[page.offset:] if page.score_threshold is None or h.score >= page.score_threshold]
             return self._explain(hits, "bm25", self._query_vectors("text", self.encoders.text.encode([text])), keyword)
@@ -138,7 +137,7 @@ class Searcher:
         return explained
 
 
-def keyword_query(text: str) -> str:
+def with_singulars(text: str) -> str:
     """The text with the singular of each plural word beside it: the keyword index does not stem,
     and catalogs title a product "Shoe" as often as "Shoes"."""
     words = text.split()
