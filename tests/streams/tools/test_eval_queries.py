@@ -46,5 +46,6 @@ def test_a_run_on_the_demo_catalog_reports_every_mode_on_both_indexes(model_dir,
     for results in report["variants"].values():
         assert set(results) == {"dense", "keyword", "hybrid (keyword weight 0.5)"}
         assert all(0.0 <= value <= 1.0 for m in results.values() for value in m.values())
-    # keyword search over the attribute values the queries are made of answers them far better
-    assert report["variants"]["full"]["keyword"]["p@10"] > report["variants"]["titles"]["keyword"]["p@10"]
+    # the indexes differ only in what the keyword index reads: dense search is the same on both
+    assert report["variants"]["full"]["dense"] == report["variants"]["titles"]["dense"]
+    assert report["variants"]["full"]["keyword"] != report["variants"]["titles"]["keyword"]
