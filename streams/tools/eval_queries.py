@@ -159,7 +159,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     for variant, results in report["variants"].items():
         for mode, m in results.items():
             lines.append(f"| {variant} | {mode} | {m['p@10']:.3f} | {m['ndcg@10']:.3f} | {m['mrr']:.3f} |")
-    lines.append(f"best on titles only: {best_mode(report)}")
+    lines.append(f"best (nDCG@10 on titles only; ties by the full index): {best_mode(report)}")
     return "\n".join(lines)
 
 
