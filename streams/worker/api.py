@@ -196,7 +196,8 @@ class ProductRecord(Product):
 
 
 class BackupRequest(Strict):
-    dir: str = Field(min_length=1, max_length=4096, description="a folder on the server's machine")
+    dir: str = Field(min_length=2, max_length=4096, pattern=r"^/[^\x00]*$",
+                     description="an absolute folder path on the server's machine (never relative to its working folder)")
     restore: bool = Field(False, description="restore from the folder instead of snapshotting into it")
 
 

@@ -140,6 +140,10 @@ def test_a_body_that_is_not_a_json_object_is_a_422(api):
     assert errors(api.post("/v1/search/text", json=[1, 2])) == [(("body",), "Input should be a valid dictionary or object to extract fields from")]
 
 
+def test_a_backup_folder_must_be_absolute(api):
+    assert errors(api.post("/v1/backup", json={"dir": "backups/today"}))[0][0] == ("body", "dir")
+
+
 def test_product_lookup(api):
     product = api.get("/v1/products/31237", params={"vectors": True}).json()
     assert product["title"] == "Puma Men Schon Black & Blue Polo T-shirt" and len(product["vectors"]["text"]) == 384
@@ -152,7 +156,7 @@ def test_an_api_key_guards_everything_but_health(query_service: QueryService):
         api = TestClient(create_api(query_service), raise_server_exceptions=False)
         assert api.get("/health").status_code == 200
         for method, path in [("GET", "/v1/stats"), ("POST", "/v1/stats/reset"), ("GET", "/v1/products/31237"),
-                             ("POST", "/v1/reindex"), ("GET", "/v1/reindex")]:
+                             ("POST", "/v1/reindex"), ("GET", "/v1/reindex"), ("POST", "/v1/backup")]:
             assert api.request(method, path).status_code == 401, path
             assert api.request(method, path, headers={"X-API-Key": "wrong"}).status_code == 401, path
         body = {"text": "watch", "limit": 1}

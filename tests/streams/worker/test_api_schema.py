@@ -14,8 +14,10 @@ pytestmark = pytest.mark.integration
 EXAMPLES_PER_OPERATION = 15  # modest: the suite stays fast; the CI can raise it
 
 
-def test_no_request_gives_a_server_error(query_service: QueryService):
+def test_no_request_gives_a_server_error(query_service: QueryService, monkeypatch: pytest.MonkeyPatch):
     query_service.api_key = ""
+    backups: list[tuple] = []  # the route is exercised; no snapshot lands in random folders
+    monkeypatch.setattr(query_service, "backup", lambda directory, restore: backups.append((directory, restore)) or [])
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_api(query_service))
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 11  # every endpoint is in the document
@@ -28,3 +30,4 @@ def test_no_request_gives_a_server_error(query_service: QueryService):
             case.call_and_validate(checks=[not_a_server_error])
 
         no_server_error()
+    assert all(directory.is_absolute() for directory, _ in backups)
