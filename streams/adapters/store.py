@@ -200,6 +200,19 @@ class ProductStore:
             return None
         return np.asarray(record.vector[name], dtype=np.float32)
 
+    def vectors(self, product_ids: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+        """Named vectors of the products that queries see (the alias); absent products are left out."""
+        if not product_ids:
+            return {}
+        with self._lock:
+            records = self.client.retrieve(
+                self.alias, [point_id(pid) for pid in product_ids], with_payload=["product_id"], with_vectors=list(names)
+            )
+        return {
+            r.payload["product_id"]: {n: np.asarray(v, dtype=np.float32) for n, v in r.vector.items() if n in names}
+            for r in records if r.payload and isinstance(r.vector, dict)
+        }
+
     def search(
         self,
         using: str,

@@ -77,6 +77,22 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
         sub.add_argument("--price-max", type=float)
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    interactions = command("publish-interactions", cmd_publish_interactions,
+                           "publish shopper interactions from a CSV or JSONL file (keyed by user id)")
+    interactions.add_argument("file", type=Path)
+    interactions.add_argument("--mapping", help="column mapping: a JSON file or inline JSON (see README)")
+    interactions.add_argument("--limit", type=int, help="publish at most this many rows")
+    recommend = command("recommend", cmd_recommend, "recommendations for a user, from the running worker")
+    recommend.add_argument("--user", required=True, help="user id")
+    recommend.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    recommend.add_argument("--category", help="category path prefix, e.g. 'Accessories > Bags'")
+    recommend.add_argument("--price-min", type=float)
+    recommend.add_argument("--price-max", type=float)
+    recommend.add_argument("--diversity", type=float, help="0..1: re-rank for variety (MMR); default 0")
+    recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    forget = command("forget-user", cmd_forget_user, "remove a user's profile, purchased and disliked sets")
+    forget.add_argument("user_id")
+
     letters = command("dead-letters", cmd_dead_letters, "show rejected events with their reasons (from the start of the topic)")
     letters.add_argument("-n", type=int, default=20, help="show at most this many (default 20)")
     letters.add_argument("--wait", type=float, default=10.0, help="seconds to read for (default 10)")
@@ -156,6 +172,30 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
         mapping = {**mapping, "op": {"value": "delete"}}
     report = publish_file(settings, args.file, mapping, args.version, args.limit)
     print(report.line(settings.events_topic))
+
+
+def cmd_publish_interactions(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.interactions import load_interaction_mapping, publish_interactions_file
+
+    report = publish_interactions_file(settings, args.file, load_interaction_mapping(args.mapping), args.limit)
+    print(report.line(settings.interactions_topic))
+
+
+def cmd_recommend(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.client import format_table
+    from streams.tools.interactions import recommend_for_user
+
+    params = {"k": args.k, "category": args.category, "price_min": args.price_min, "price_max": args.price_max,
+              "diversity": args.diversity}
+    answer = recommend_for_user(settings, args.user, params)
+    print(json.dumps(answer, indent=2) if args.json else f"({answer['source']})\n" + format_table(answer["results"]))
+
+
+def cmd_forget_user(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.interactions import forget_user
+
+    forgotten = forget_user(settings, args.user_id)
+    print(f"user {args.user_id!r}: " + ("profile and sets removed" if forgotten else "nothing stored"))
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> None:

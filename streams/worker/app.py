@@ -22,7 +22,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException
 
 from encoders_onnx.decoding import MediaError
 from streams.adapters.kafka import ensure_topics
-from streams.adapters.store import ProductStore
+from streams.adapters.profiles import UserProfiles
+from streams.adapters.store import ProductStore, SearchFilters
 from streams.settings import Settings
 from streams.worker.pipeline import (
     BatchOutcome,
@@ -31,8 +32,11 @@ from streams.worker.pipeline import (
     Pipeline,
     Stats,
 )
+from streams.worker.interactions import apply_interactions
+from streams.worker.profiles import ProfileConfig
+from streams.worker.recommend import Recommender
 from streams.worker.reindex import ReindexJob, start_in_background
-from streams.worker.search import QueryError, Searcher
+from streams.worker.search import QueryError, Searcher, hit_row
 
 log = logging.getLogger("shelfstream.worker")
 
@@ -56,6 +60,9 @@ class WorkerState:
         self._pipeline: Pipeline | None = None
         self._loading = threading.Lock()
         self.reindex_job = ReindexJob()
+        self.profiles = UserProfiles(settings.redis_url, settings.profile_ttl_s, settings.profile_max_events)
+        self.profile_config = ProfileConfig.parse(settings.interaction_weights, settings.profile_half_life_s,
+                                                  settings.profile_vector)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -68,6 +75,13 @@ class WorkerState:
     @property
     def searcher(self) -> Searcher:
         return Searcher(self.pipeline.store, self.pipeline.encoders, self.settings.max_image_pixels)
+
+    @property
+    def recommender(self) -> Recommender:
+        return Recommender(self.pipeline.store, self.profiles, self.profile_config)
+
+    def apply_interactions(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+        return apply_interactions(messages, self.profiles, self.pipeline.store)
 
     def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
         """Process a batch; a batch that fails for a reason other than the services is split,
@@ -119,6 +133,8 @@ def create_app(settings: Settings) -> faust.App:
     )
     worker = WorkerState(settings)
     events = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    interactions = app.topic(settings.interactions_topic, key_serializer="raw", value_serializer="raw",
+                             partitions=settings.partitions)
     dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw", partitions=1)
 
     @app.agent(events)
@@ -126,21 +142,32 @@ def create_app(settings: Settings) -> faust.App:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: worker.pipeline)  # load models before the first batch
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            messages = [
-                IncomingMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
-                for e in batch
-            ]
+            messages = _incoming(batch)
             outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages))
             await _send_dead_letters(dead_letters, outcome.dead_letters)
             worker.stats.add(outcome)
             log.info("batch of %d: %s", len(messages), dict(outcome.counts))
+
+    @app.agent(interactions)
+    async def update_profiles(stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.apply_interactions, _incoming(batch)))
+            await _send_dead_letters(dead_letters, outcome.dead_letters)
+            worker.stats.add(outcome)
 
     @app.on_partitions_assigned.connect
     async def shorten_fetch_wait(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
         _set_fetch_max_wait(sender, settings.fetch_max_wait_ms)
 
     _add_query_api(app, worker)
+    _add_user_api(app, worker)
     return app
+
+
+def _incoming(batch: Sequence[Any]) -> list[IncomingMessage]:
+    return [IncomingMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
+            for e in batch]
 
 
 def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
@@ -230,6 +257,45 @@ def _add_query_api(app: faust.App, worker: WorkerState) -> None:
             except (QueryError, MediaError, KeyError, ValueError) as exc:
                 return self.json({"error": str(exc)}, status=400)
             return self.json(rows)
+
+
+def _add_user_api(app: faust.App, worker: WorkerState) -> None:
+    """Recommendations for a user (GET with query parameters, POST with a JSON body) and forgetting
+    a user. Parameters: k, category, price_min, price_max, diversity (0..1, MMR)."""
+
+    async def recommend(view: View, user_id: str, params: dict[str, Any]) -> Response:
+        try:
+            k = int(params.get("k", 10))
+            diversity = float(params.get("diversity", 0.0))
+            filters = SearchFilters(params.get("category") or None, _number(params.get("price_min")),
+                                    _number(params.get("price_max")))
+            result = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: worker.recommender.recommend(user_id, k, filters, diversity))
+        except (ValueError, TypeError) as exc:
+            return view.json({"error": str(exc)}, status=400)
+        return view.json({"user_id": user_id, "source": result.source,
+                          "results": [hit_row(rank, hit) for rank, hit in enumerate(result.hits, start=1)]})
+
+    @app.page("/users/{user_id}/recommendations")
+    class Recommendations(View):
+        async def get(self, request: Request, user_id: str) -> Response:
+            return await recommend(self, user_id, dict(request.query))
+
+        async def post(self, request: Request, user_id: str) -> Response:
+            body = await request.json()
+            if not isinstance(body, dict):
+                return self.json({"error": "the body must be a JSON object"}, status=400)
+            return await recommend(self, user_id, body)
+
+    @app.page("/users/{user_id}")
+    class User(View):
+        async def delete(self, request: Request, user_id: str) -> Response:
+            forgotten = await asyncio.get_running_loop().run_in_executor(None, worker.profiles.forget, user_id)
+            return self.json({"user_id": user_id, "forgotten": forgotten})
+
+
+def _number(value: Any) -> float | None:
+    return None if value in (None, "") else float(value)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
