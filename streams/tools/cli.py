@@ -109,7 +109,8 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
 
     lazy = {
         "train": command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle"),
-        "eval": command("eval", cmd_eval, "evaluate text, image, early/late/learned/autoencoder fusion and baselines on the test split"),
+        "eval": command("eval", cmd_eval, "evaluate text, image, early/late/learned/autoencoder fusion and baselines on the test split; "
+                                     "--shoppers: recommendations for (simulated) users"),
     }
     command("reindex", cmd_reindex, "re-embed the served catalog with the configured models, then switch queries to it")
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
@@ -258,9 +259,15 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> None:
     _require_export_extra(args)
+    decoding = _decoding(args, settings)
+    if args.shoppers or args.interactions:
+        from exporters.shoppers import run_shoppers_eval
+
+        run_shoppers_eval(args, settings.text_weight)
+        return
     from exporters.evaluate import run_eval
 
-    run_eval(args, _decoding(args, settings))
+    run_eval(args, decoding)
 
 
 def _decoding(args: argparse.Namespace, settings: Settings) -> Any:
