@@ -47,7 +47,6 @@ from exporters.features import (
     extract_features,
     zero_shot_bridge,
 )
-from exporters.shoppers import add_shopper_arguments
 from exporters.metrics import (
     K,
     fused_vectors,
@@ -55,6 +54,7 @@ from exporters.metrics import (
     method_metrics,
     split_labels,
 )
+from exporters.shoppers import add_shopper_arguments
 
 LATE_FUSION_STEP = 0.1
 
