@@ -26,6 +26,7 @@ Weights and half-life are tuned on shoppers of another seed (``seed + 1``) and r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -222,7 +223,8 @@ def add_shopper_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_shoppers_eval(args: argparse.Namespace, text_weight: float) -> dict[str, Any]:
     args.text_weight = text_weight
-    ids, tastes, vectors = catalog_vectors(args)
+    with contextlib.redirect_stdout(sys.stderr):  # with --json, stdout carries only the JSON
+        ids, tastes, vectors = catalog_vectors(args)
     if args.interactions:
         shoppers = read_interaction_log(args.interactions, ids)
         cut = len(shoppers) // 5  # a fifth of the users tune, the rest are reported

@@ -1,5 +1,5 @@
 """Shopper interactions from the command line: publishing a CSV/JSONL log, asking the worker for a
-user's recommendations, and forgetting a user.
+user's recommendations, forgetting a user, and the benchmark of profiles and recommendations.
 
 The mapping dialect is ``publish``'s: a JSON object from interaction fields to the file's columns,
 a string names a column and ``{"value": ...}`` is a constant, e.g.
@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlencode
+
+import numpy as np
 
 from streams.adapters.profiles import UserProfiles
 from streams.schema.interactions import FIELDS, Interaction, InteractionError, interaction_from_dict
 from streams.settings import Settings
 from streams.tools.client import get_json
-from streams.tools.publish import PublishReport, publish_raw, read_rows
+from streams.tools.publish import EventPublisher, PublishReport, publish_raw, read_rows
 
 
 def load_interaction_mapping(path_or_json: str | None) -> dict[str, Any]:
@@ -102,3 +106,64 @@ def _number(value: str) -> float | int | str:
         except ValueError:
             pass
     return value  # an ISO-8601 time stays a string
+
+
+# -- benchmark: called by ``shelfstream bench`` with its running worker --------------------------
+
+BENCH_USERS = 200
+BENCH_UPDATES = 2000
+FRESHNESS_PROBES = 40
+RECOMMEND_CALLS = 100
+
+
+def bench_profiles(settings: Settings, wait_until: Callable[..., dict[str, Any]], product_ids: Sequence[str]) -> dict[str, float]:
+    """``profile_updates_per_s``: a burst of interactions until all are applied;
+    ``profile_freshness_p99_ms``: with interactions streaming at a steady half of that rate, a new
+    user's first interaction (its event time) until the worker's recommendations come from its
+    profile; ``recommend_p95_ms``: recommendations for users with a history, one at a time."""
+    rng = np.random.default_rng(0)
+    applied = wait_until(lambda s: True, 10, "stats")["counts"].get("interactions_applied", 0)
+    burst = [Interaction(f"bench-{rng.integers(BENCH_USERS)}", str(rng.choice(product_ids)), "view", float(i))
+             for i in range(BENCH_UPDATES)]
+    started = time.perf_counter()
+    publish_interactions(settings, burst)
+    wait_until(lambda s: s["counts"].get("interactions_applied", 0) >= applied + len(burst), 600, "the burst", poll_s=0.05)
+    rate = len(burst) / (time.perf_counter() - started)
+
+    stop = threading.Event()
+    background = threading.Thread(target=_steady_load, args=(settings, product_ids, rate / 2, stop), daemon=True)
+    background.start()
+    try:
+        freshness = [_freshness_probe(settings, f"probe-{i}", str(rng.choice(product_ids))) for i in range(FRESHNESS_PROBES)]
+    finally:
+        stop.set()
+        background.join()
+    latencies = []
+    for i in range(RECOMMEND_CALLS):
+        began = time.perf_counter()
+        recommend_for_user(settings, f"bench-{i % BENCH_USERS}", {"k": 10})
+        latencies.append((time.perf_counter() - began) * 1000)
+    return {
+        "profile_updates_per_s": round(rate, 1),
+        "profile_freshness_p50_ms": round(float(np.percentile(freshness, 50)), 1),
+        "profile_freshness_p99_ms": round(float(np.percentile(freshness, 99)), 1),
+        "recommend_p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "recommend_p95_ms": round(float(np.percentile(latencies, 95)), 1),
+    }
+
+
+def _freshness_probe(settings: Settings, user_id: str, product_id: str) -> float:
+    interaction = Interaction(user_id, product_id, "view", time.time())
+    publish_interactions(settings, [interaction])
+    while recommend_for_user(settings, user_id, {"k": 1})["source"] != "profile":
+        time.sleep(0.01)
+    return (time.time() - interaction.event_time) * 1000
+
+
+def _steady_load(settings: Settings, product_ids: Sequence[str], per_s: float, stop: threading.Event) -> None:
+    rng = np.random.default_rng(1)
+    with EventPublisher(settings, settings.interactions_topic) as publisher:
+        while not stop.is_set():
+            i = Interaction(f"load-{rng.integers(BENCH_USERS)}", str(rng.choice(product_ids)), "view", time.time())
+            publisher.send(i.user_id.encode(), i.to_bytes())
+            time.sleep(1.0 / per_s)

@@ -19,7 +19,7 @@ from streams.tools.cli import build_parser, main
 from streams.tools.client import format_table
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "publish", "similar", "search", "export", "bench", "demo",
-            "make-videos", "train", "eval", "reindex", "dead-letters"]
+            "make-videos", "train", "eval", "reindex", "dead-letters", "publish-interactions", "recommend", "forget-user"]
 
 
 @pytest.fixture(autouse=True)
