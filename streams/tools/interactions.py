@@ -12,7 +12,6 @@ Records are keyed by user id, so one user's interactions stay in one partition.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -23,18 +22,16 @@ from urllib.parse import quote, urlencode
 
 import numpy as np
 
+from exporters.catalog import BadRow, mapping_values, read_rows
 from streams.adapters.profiles import UserProfiles
 from streams.schema.interactions import FIELDS, Interaction, InteractionError, interaction_from_dict
 from streams.settings import Settings
 from streams.tools.client import get_json
-from streams.tools.publish import EventPublisher, PublishReport, publish_raw, read_rows
+from streams.tools.publish import EventPublisher, PublishReport, publish_raw
 
 
 def load_interaction_mapping(path_or_json: str | None) -> dict[str, Any]:
-    if not path_or_json:
-        return {}
-    text = path_or_json if path_or_json.lstrip().startswith("{") else Path(path_or_json).read_text()
-    mapping = json.loads(text)
+    mapping = mapping_values(path_or_json)
     unknown = set(mapping) - set(FIELDS)
     if unknown:
         raise ValueError(f"mapping names unknown interaction fields {sorted(unknown)}; known: {', '.join(FIELDS)}")
@@ -56,10 +53,10 @@ def row_to_interaction(row: Mapping[str, Any], mapping: Mapping[str, Any]) -> In
 
 def file_interactions(path: Path, mapping: Mapping[str, Any], on_error: Callable[[int, str], None]) -> Iterator[Interaction]:
     """Valid interactions of a file; invalid rows go to ``on_error`` and are skipped."""
-    for number, row in enumerate(read_rows(path), start=1):
+    for number, row in read_rows(path):
         try:
-            if isinstance(row, ValueError):
-                raise row
+            if isinstance(row, BadRow):
+                raise ValueError(row.reason)
             yield row_to_interaction(row, mapping)
         except (InteractionError, ValueError) as exc:
             on_error(number, str(exc))

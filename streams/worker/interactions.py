@@ -12,7 +12,7 @@ from typing import Sequence
 from streams.adapters.profiles import UserProfiles
 from streams.adapters.store import ProductStore
 from streams.schema.interactions import Interaction, InteractionError, parse_interaction
-from streams.worker.pipeline import BatchOutcome, DeadLetter, IncomingMessage
+from streams.worker.pipeline import BatchOutcome, DeadLetter, Failure, IncomingMessage
 
 
 def apply_interactions(messages: Sequence[IncomingMessage], profiles: UserProfiles, store: ProductStore) -> BatchOutcome:
@@ -22,7 +22,7 @@ def apply_interactions(messages: Sequence[IncomingMessage], profiles: UserProfil
         try:
             valid.append(parse_interaction(message.value))
         except InteractionError as exc:
-            outcome.dead_letters.append(DeadLetter(message, str(exc)))
+            outcome.dead_letters.append(DeadLetter(message, Failure("invalid_interaction", str(exc))))
             outcome.counts["interactions_dead_lettered"] += 1
     if not valid:
         return outcome

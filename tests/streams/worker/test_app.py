@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from streams.worker.app import RETRY_FOREVER, WorkerState
-from streams.worker.pipeline import IncomingMessage
+from streams.worker.app import WorkerState
+from streams.worker.pipeline import SERVICE_ERRORS, IncomingMessage
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def messages(*events) -> list[IncomingMessage]:
 def test_an_unreachable_redis_is_retried_not_dead_lettered(settings, catalog):
     worker = WorkerState(dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0"))
     try:
-        with pytest.raises(RETRY_FOREVER):
+        with pytest.raises(SERVICE_ERRORS):
             worker.process(messages(*catalog[:3]))
         assert worker.pipeline.store.count() == 0
     finally:
@@ -45,5 +45,33 @@ def test_an_event_that_breaks_the_pipeline_is_dead_lettered_alone(settings, cata
             (poisoned.encode(), "processing failed: ValueError('a bug no check foresaw')")
         ]
         assert worker.pipeline.store.count() == 3
+    finally:
+        worker.pipeline.close()
+
+
+def test_status_never_shows_a_batchs_points_without_its_counts(settings, catalog, monkeypatch):
+    """/stats reads counts and points together: a reader that looks while the batch's points are
+    being written sees either neither or both (it waits for the batch)."""
+    import threading
+
+    worker = WorkerState(settings)
+    store = worker.pipeline.store
+    upsert = store.upsert
+    seen: list[dict] = []
+    readers: list[threading.Thread] = []
+
+    def upsert_then_look(points):
+        upsert(points)
+        reader = threading.Thread(target=lambda: seen.append(worker.status()))
+        reader.start()
+        readers.append(reader)
+
+    monkeypatch.setattr(store, "upsert", upsert_then_look)
+    try:
+        worker.process(messages(*catalog[:5]))
+        for reader in readers:
+            reader.join(timeout=30)
+        [status] = seen
+        assert status["points"] == 5 and status["counts"]["indexed"] == 5
     finally:
         worker.pipeline.close()
