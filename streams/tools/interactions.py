@@ -18,7 +18,6 @@ import time
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import quote, urlencode
 
 import numpy as np
 
@@ -26,7 +25,7 @@ from exporters.catalog import BadRow, mapping_values, read_rows
 from streams.adapters.profiles import UserProfiles
 from streams.schema.interactions import FIELDS, Interaction, InteractionError, interaction_from_dict
 from streams.settings import Settings
-from streams.tools.client import get_json
+from streams.tools.client import Client
 from streams.tools.publish import EventPublisher, PublishReport, publish_raw
 
 
@@ -81,10 +80,11 @@ def publish_interactions_file(settings: Settings, path: Path, mapping: Mapping[s
     return PublishReport(report.published, len(rejected), report.seconds)
 
 
-def recommend_for_user(settings: Settings, user_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The running worker's recommendations (it holds the store); ConnectionError when none answers."""
-    query = urlencode({k: v for k, v in params.items() if v is not None})
-    return get_json(f"{settings.worker_url}/users/{quote(user_id, safe='')}/recommendations?{query}")
+def recommend_for_user(settings: Settings, user_id: str, query: Mapping[str, Any]) -> dict[str, Any]:
+    """The running worker's (or query service's) recommendations for a user; ``query`` holds the
+    API's fields (limit, offset, filter, diversity). ConnectionError when none answers."""
+    with Client.remote(settings) as client:
+        return client.query({"type": "user", "user_id": user_id, **query})
 
 
 def forget_user(settings: Settings, user_id: str) -> bool:
@@ -138,7 +138,7 @@ def bench_profiles(settings: Settings, wait_until: Callable[..., dict[str, Any]]
     latencies = []
     for i in range(RECOMMEND_CALLS):
         began = time.perf_counter()
-        recommend_for_user(settings, f"bench-{i % BENCH_USERS}", {"k": 10})
+        recommend_for_user(settings, f"bench-{i % BENCH_USERS}", {"limit": 10})
         latencies.append((time.perf_counter() - began) * 1000)
     return {
         "profile_updates_per_s": round(rate, 1),
@@ -152,7 +152,7 @@ def bench_profiles(settings: Settings, wait_until: Callable[..., dict[str, Any]]
 def _freshness_probe(settings: Settings, user_id: str, product_id: str) -> float:
     interaction = Interaction(user_id, product_id, "view", time.time())
     publish_interactions(settings, [interaction])
-    while recommend_for_user(settings, user_id, {"k": 1})["source"] != "profile":
+    while recommend_for_user(settings, user_id, {"limit": 1})["source"] != "profile":
         time.sleep(0.01)
     return (time.time() - interaction.event_time) * 1000
 

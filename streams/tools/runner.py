@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from streams.settings import Settings
-from streams.tools.client import get_json
+from streams.tools.client import Client
 
 
 def encoded_count(stats: dict[str, Any]) -> int:
@@ -47,11 +47,13 @@ class WorkerProcess:
             raise
 
     def stats(self) -> dict[str, Any]:
-        return get_json(f"{self.settings.worker_url}/stats")
+        with Client.remote(self.settings) as client:
+            return client.stats()
 
     def stats_reset(self) -> dict[str, Any]:
         """Counters so far, and a new freshness window from now on."""
-        return get_json(f"{self.settings.worker_url}/stats?reset=1")
+        with Client.remote(self.settings) as client:
+            return client.stats(reset=True)
 
     def wait_until(self, done: Callable[[dict[str, Any]], bool], timeout_s: float, what: str,
                    poll_s: float = 0.2) -> dict[str, Any]:

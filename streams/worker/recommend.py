@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from encoders_onnx.profile import mmr
 from streams.adapters.profiles import HistoryEntry, UserHistory, UserProfiles
-from streams.adapters.store import Hit, ProductStore, SearchFilters
+from streams.adapters.store import Hit
 from streams.worker.profiles import ProfileConfig, interacted_products, profile_vector
 
 COLD_START_POPULAR = 50
 MMR_POOL = 4  # MMR chooses k among k * MMR_POOL nearest: enough room to diversify, little cost
+
+
+class VectorStore(Protocol):
+    """What recommending needs of the store (the agreed store interface)."""
+
+    def search(self, using: str, vector: np.ndarray, limit: int = 10, filters: Any = None) -> list[Hit]: ...
+    def vectors(self, product_ids: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]: ...
 
 
 @dataclass(frozen=True)
@@ -31,12 +39,12 @@ class Recommendation:
 
 
 class Recommender:
-    def __init__(self, store: ProductStore, profiles: UserProfiles, config: ProfileConfig) -> None:
+    def __init__(self, store: VectorStore, profiles: UserProfiles, config: ProfileConfig) -> None:
         self.store = store
         self.profiles = profiles
         self.config = config
 
-    def recommend(self, user_id: str, k: int = 10, filters: SearchFilters | None = None,
+    def recommend(self, user_id: str, k: int = 10, filters: Any = None,
                   diversity: float = 0.0) -> Recommendation:
         history = self.profiles.load(user_id)
         excluded = history.purchased | history.disliked
@@ -49,7 +57,7 @@ class Recommender:
                 return Recommendation([], "none")
         return Recommendation(self._nearest(profile, k, filters, excluded, diversity), source)
 
-    def _nearest(self, profile: np.ndarray, k: int, filters: SearchFilters | None, excluded: frozenset[str],
+    def _nearest(self, profile: np.ndarray, k: int, filters: Any, excluded: frozenset[str],
                  diversity: float) -> list[Hit]:
         """Over-fetch by the excluded count and drop them, so at most one query reaches the engine."""
         pool = k * MMR_POOL if diversity > 0 else k

@@ -4,6 +4,7 @@ of real Myntra products from the demo catalog shipped in the repository."""
 from __future__ import annotations
 
 import csv
+import socket
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,13 @@ from streams.tools.publish import catalog_events, load_mapping
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "demo" / "catalog"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -36,6 +44,7 @@ def settings(services: dict, model_dir: Path, tmp_path: Path) -> Settings:
         app_id=f"shelfstream-test-{run}",
         events_topic=f"test-{run}.events",
         interactions_topic=f"test-{run}.interactions",
+        web_port=free_port(),  # workers of parallel test runs on one machine must not answer each other
         dead_letter_topic=f"test-{run}.dead-letter",
         collection=f"products_{run}",
         batch_size=16,

@@ -59,35 +59,35 @@ def test_recommendations_follow_views_drop_purchases_and_ignore_replays(settings
         publish_events(settings, shelf)
         worker.wait_until(lambda s: s["points"] == len(shelf), 180, "every product indexed")
 
-        cold = recommend_for_user(settings, "shopper-1", {"k": 3})
-        assert cold == {"user_id": "shopper-1", "source": "none", "results": []}
+        cold = recommend_for_user(settings, "shopper-1", {"limit": 3})
+        assert cold["source"] == "none" and cold["hits"] == []
 
         publish_interactions(settings, history)
         publish_raw(settings, [(b"shopper-1", b'{"user_id": "shopper-1", "kind": "stare"}')], topic=settings.interactions_topic)
         publish_interactions(settings, [Interaction("shopper-2", "not-indexed", "view", 1_700_000_000.0)])
         worker.wait_until(lambda s: s["counts"].get("interactions_applied", 0) == len(history) + 1, 120, "the interactions")
 
-        top = recommend_for_user(settings, "shopper-1", {"k": 10})
+        top = recommend_for_user(settings, "shopper-1", {"limit": 10})
         assert top["source"] == "profile"
-        assert [colour[row["product_id"]] for row in top["results"][:4]] == [("Handbags", "Black")] * 4
-        assert {colour[row["product_id"]][0] for row in top["results"]} == {"Handbags"}
+        assert [colour[row["product_id"]] for row in top["hits"][:4]] == [("Handbags", "Black")] * 4
+        assert {colour[row["product_id"]][0] for row in top["hits"]} == {"Handbags"}
 
-        bought = top["results"][0]["product_id"]
+        bought = top["hits"][0]["product_id"]
         publish_interactions(settings, [Interaction("shopper-1", bought, "purchase", 1_700_000_300.0)])
         worker.wait_until(lambda s: s["counts"].get("interactions_applied", 0) == len(history) + 2, 60, "the purchase")
-        after = recommend_for_user(settings, "shopper-1", {"k": 10})
-        ids = [row["product_id"] for row in after["results"]]
+        after = recommend_for_user(settings, "shopper-1", {"limit": 10})
+        ids = [row["product_id"] for row in after["hits"]]
         assert bought not in ids and len(ids) == 10
         assert [colour[pid] for pid in ids[:3]] == [("Handbags", "Black")] * 3
 
         publish_interactions(settings, history)  # a replay of everything
         worker.wait_until(lambda s: s["counts"].get("interactions_replayed", 0) == len(history), 60, "the replay")
-        assert recommend_for_user(settings, "shopper-1", {"k": 10}) == after
+        assert recommend_for_user(settings, "shopper-1", {"limit": 10}) == after
 
         # filters and diversity pass through
-        shoes = recommend_for_user(settings, "shopper-1", {"k": 3, "category": "Footwear"})
-        assert {colour[row["product_id"]][0] for row in shoes["results"]} == {"Casual Shoes"}
-        assert len(recommend_for_user(settings, "shopper-1", {"k": 4, "diversity": 0.5})["results"]) == 4
+        shoes = recommend_for_user(settings, "shopper-1", {"limit": 3, "filter": {"category": "Footwear"}})
+        assert {colour[row["product_id"]][0] for row in shoes["hits"]} == {"Casual Shoes"}
+        assert len(recommend_for_user(settings, "shopper-1", {"limit": 4, "diversity": 0.5})["hits"]) == 4
 
         stats = worker.stats()["counts"]
         assert stats["interactions_unindexed"] == 1 and stats["interactions_dead_lettered"] == 1
@@ -98,4 +98,4 @@ def test_recommendations_follow_views_drop_purchases_and_ignore_replays(settings
             monkeypatch.setenv(variable, value)
         assert main(["forget-user", "shopper-1"]) == 0
         assert "removed" in capsys.readouterr().out
-        assert recommend_for_user(settings, "shopper-1", {"k": 3})["source"] == "popular"
+        assert recommend_for_user(settings, "shopper-1", {"limit": 3})["source"] == "popular"
