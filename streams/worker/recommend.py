@@ -10,7 +10,6 @@ engine. With no interactions at all anywhere, the answer is empty (``source="non
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -72,8 +71,7 @@ class Recommender:
 
     def _crowd_profile(self) -> np.ndarray | None:
         popular = self.profiles.popular(COLD_START_POPULAR)
-        now = time.time()
-        crowd = UserHistory({pid: HistoryEntry(pid, "view", now) for pid in popular})
+        crowd = UserHistory({pid: HistoryEntry(pid, "view", 0.0) for pid in popular})
         uniform = ProfileConfig({"view": 1.0}, 0.0, self.config.vector_name)
         return profile_vector(crowd, self._vectors(popular), uniform)
 
