@@ -109,15 +109,17 @@ def _number(value: str) -> float | int | str:
 
 BENCH_USERS = 200
 BENCH_UPDATES = 2000
+STEADY_LOAD_PER_S = 100  # background interactions while freshness is probed, far below the measured throughput
 FRESHNESS_PROBES = 40
 RECOMMEND_CALLS = 100
 
 
 def bench_profiles(settings: Settings, wait_until: Callable[..., dict[str, Any]], product_ids: Sequence[str]) -> dict[str, float]:
     """``profile_updates_per_s``: a burst of interactions until all are applied;
-    ``profile_freshness_p99_ms``: with interactions streaming at a steady half of that rate, a new
-    user's first interaction (its event time) until the worker's recommendations come from its
-    profile; ``recommend_p95_ms``: recommendations for users with a history, one at a time."""
+    ``profile_freshness_p99_ms``: with interactions streaming at a steady ``STEADY_LOAD_PER_S``,
+    a new user's first interaction (its event time, stamped just before it is sent) until the
+    query API's recommendations for that user come from its profile; ``recommend_p95_ms``:
+    recommendations for users with a history, one at a time."""
     rng = np.random.default_rng(0)
     applied = wait_until(lambda s: True, 10, "stats")["counts"].get("interactions_applied", 0)
     burst = [Interaction(f"bench-{rng.integers(BENCH_USERS)}", str(rng.choice(product_ids)), "view", float(i))
@@ -128,18 +130,21 @@ def bench_profiles(settings: Settings, wait_until: Callable[..., dict[str, Any]]
     rate = len(burst) / (time.perf_counter() - started)
 
     stop = threading.Event()
-    background = threading.Thread(target=_steady_load, args=(settings, product_ids, rate / 2, stop), daemon=True)
+    background = threading.Thread(target=_steady_load, args=(settings, product_ids, stop), daemon=True)
     background.start()
     try:
-        freshness = [_freshness_probe(settings, f"probe-{i}", str(rng.choice(product_ids))) for i in range(FRESHNESS_PROBES)]
+        with EventPublisher(settings, settings.interactions_topic) as publisher, Client.remote(settings) as client:
+            freshness = [_freshness_probe(publisher, client, f"probe-{i}", str(rng.choice(product_ids)))
+                         for i in range(FRESHNESS_PROBES)]
     finally:
         stop.set()
         background.join()
     latencies = []
-    for i in range(RECOMMEND_CALLS):
-        began = time.perf_counter()
-        recommend_for_user(settings, f"bench-{i % BENCH_USERS}", {"limit": 10})
-        latencies.append((time.perf_counter() - began) * 1000)
+    with Client.remote(settings) as client:
+        for i in range(RECOMMEND_CALLS):
+            began = time.perf_counter()
+            client.query({"type": "user", "user_id": f"bench-{i % BENCH_USERS}", "limit": 10})
+            latencies.append((time.perf_counter() - began) * 1000)
     return {
         "profile_updates_per_s": round(rate, 1),
         "profile_freshness_p50_ms": round(float(np.percentile(freshness, 50)), 1),
@@ -149,18 +154,18 @@ def bench_profiles(settings: Settings, wait_until: Callable[..., dict[str, Any]]
     }
 
 
-def _freshness_probe(settings: Settings, user_id: str, product_id: str) -> float:
+def _freshness_probe(publisher: EventPublisher, client: Client, user_id: str, product_id: str) -> float:
     interaction = Interaction(user_id, product_id, "view", time.time())
-    publish_interactions(settings, [interaction])
-    while recommend_for_user(settings, user_id, {"limit": 1})["source"] != "profile":
+    publisher.send(user_id.encode(), interaction.to_bytes())
+    while client.query({"type": "user", "user_id": user_id, "limit": 1})["source"] != "profile":
         time.sleep(0.01)
     return (time.time() - interaction.event_time) * 1000
 
 
-def _steady_load(settings: Settings, product_ids: Sequence[str], per_s: float, stop: threading.Event) -> None:
+def _steady_load(settings: Settings, product_ids: Sequence[str], stop: threading.Event) -> None:
     rng = np.random.default_rng(1)
     with EventPublisher(settings, settings.interactions_topic) as publisher:
         while not stop.is_set():
             i = Interaction(f"load-{rng.integers(BENCH_USERS)}", str(rng.choice(product_ids)), "view", time.time())
             publisher.send(i.user_id.encode(), i.to_bytes())
-            time.sleep(1.0 / per_s)
+            time.sleep(1.0 / STEADY_LOAD_PER_S)

@@ -116,7 +116,8 @@ class WorkerState:
     def apply_interactions(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
         """Apply a batch of interactions to the users' histories and count it."""
         outcome = apply_interactions(messages, self.profiles, self.pipeline.store)
-        self.stats.add(outcome)
+        with self._batch:  # the indexing agent's thread adds to the same counters
+            self.stats.add(outcome)
         return outcome
 
     def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
