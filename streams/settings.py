@@ -26,9 +26,9 @@ class Settings:
     # services
     kafka_bootstrap: str = _knob("", "Kafka bootstrap servers (host:port,...); default: the embedded broker")
     redis_url: str = _knob("", "Redis URL; default: the embedded redis-server")
-    qdrant_url: str = _knob("", "Qdrant server URL; empty = Qdrant local mode at qdrant_path")
+    qdrant_url: str = _knob("", "Qdrant server URL (qdrant-client); local:PATH = qdrant-client local mode; empty = Qdrant Edge at qdrant_path")
     qdrant_api_key: str = _knob("", "Qdrant API key (server mode)")
-    qdrant_path: str = _knob("", "Qdrant local-mode directory; default: STATE_DIR/qdrant")
+    qdrant_path: str = _knob("", "Qdrant Edge folder (a shard per model version); default: STATE_DIR/qdrant")
     collection: str = _knob("products", "Qdrant alias that queries use; each model version writes its own collection")
     state_dir: str = _knob(".shelfstream", "where `shelfstream up` keeps pids, ports, logs and data")
     # topics and the Faust app

@@ -100,6 +100,9 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("-n", type=int, default=2000, help="products (default 2000)")
     bench.add_argument("--mapping", type=Path, help="column mapping of the dataset (default: demo/catalog/mapping.json)")
     bench.add_argument("--json", action="store_true", help="print only the JSON result")
+    bench.add_argument("--store", action="store_true", help="benchmark the product store alone: Qdrant Edge against qdrant-client local mode")
+    bench.add_argument("--points", type=int, default=44_000, help="points of --store (default 44000)")
+    bench.add_argument("--no-local-mode", action="store_true", help="--store without the slow local-mode baseline")
 
     lazy = {
         "train": command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle"),
@@ -107,6 +110,9 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
                                      "--shoppers: recommendations for (simulated) users"),
     }
     command("reindex", cmd_reindex, "re-embed the served catalog with the configured models, then switch queries to it")
+    for name, help_text in (("backup", "snapshot the product store into DIR (Edge shards, or the server's snapshot API)"),
+                            ("restore", "replace the product store by the snapshots in DIR and point the alias as it was")):
+        command(name, cmd_backup, help_text).add_argument("dir", type=Path)
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
     lazy["make-videos"] = command("make-videos", cmd_make_videos, "make test clips from product images (no real product videos exist here)")
     if running == "eval":
@@ -126,7 +132,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     from infra.services import start_services
 
     state = start_services(settings.state_path)
-    print(f"kafka  {state['kafka_bootstrap']}\nredis  {state['redis_url']}\nqdrant {settings.qdrant_path} (local mode)")
+    print(f"kafka  {state['kafka_bootstrap']}\nredis  {state['redis_url']}\nqdrant {settings.qdrant_path} (Qdrant Edge)")
     print(f"state  {settings.state_path}")
 
 
@@ -142,8 +148,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
     from streams.tools.client import Client
 
     status = service_status(settings.state_path)
-    status["qdrant"] = ({"mode": "server", "url": settings.qdrant_url} if settings.qdrant_url
-                        else {"mode": "local", "path": settings.qdrant_path})
+    status["qdrant"] = ({"mode": "client", "url": settings.qdrant_url} if settings.qdrant_url
+                        else {"mode": "edge", "path": settings.qdrant_path})
     print(json.dumps(status, indent=2))
     try:
         with Client.remote(settings) as client:
@@ -276,6 +282,12 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> None:
+    if args.store:
+        from streams.tools.bench_store import run_store_bench
+
+        print(json.dumps(run_store_bench(settings, args.points, quiet=args.json, local_mode=not args.no_local_mode),
+                         indent=None if args.json else 2))
+        return
     from streams.tools.bench import run_bench
 
     result = run_bench(settings, args.dataset, args.n, quiet=args.json, **({"mapping_path": args.mapping} if args.mapping else {}))
@@ -333,6 +345,13 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     job = reindex_command(settings)
     print(f"reindex {job.state} in {job.seconds} s: {job.message} {job.counts or ''}".rstrip())
     return 0 if job.state == "done" else 1
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.client import backup_command
+
+    done = backup_command(settings, args.dir, restore=args.command == "restore")
+    print(f"{args.command}: {', '.join(done)} ({args.dir})")
 
 
 def cmd_make_videos(args: argparse.Namespace, settings: Settings) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import quote
 
@@ -117,10 +118,10 @@ def user_path(user_id: str) -> str:
     return f"/v1/users/{quote(user_id, safe='')}"
 
 
-def connect(settings: Settings) -> Client:
+def connect(settings: Settings, timeout_s: float = 60.0) -> Client:
     """The running worker (or query service) at ``SHELFSTREAM_WEB_HOST:PORT``; with nothing
     answering there, the same API in this process."""
-    client = Client.remote(settings)
+    client = Client.remote(settings, timeout_s=timeout_s)
     try:
         client.request("GET", "/health")
         return client
@@ -154,6 +155,13 @@ def reindex_command(settings: Settings) -> ReindexJob:
             status = client.reindex_status()
         _show(bar, status["total"], status["done"])
     return ReindexJob(**status)
+
+
+def backup_command(settings: Settings, directory: Path, restore: bool = False) -> list[str]:
+    """Snapshot the store into ``directory`` (or restore from it) through the API: the running
+    worker when one answers (it holds the Edge shards), else the same API in this process."""
+    with connect(settings, timeout_s=3600) as client:
+        return client.request("POST", "/v1/backup", json={"dir": str(directory.resolve()), "restore": restore})["done"]
 
 
 def _show(bar: tqdm, total: int, done: int) -> None:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,11 +28,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from exporters.catalog import split_of
-from streams.adapters.store import ProductStore
+from streams.adapters.store import ProductPoint, ProductStore
 from streams.settings import Settings
-from streams.worker.encoders import Encoders, load_encoders
+from streams.worker.encoders import load_encoders
 from streams.worker.search import TEXT_MODES, Page, Searcher
-from streams.worker.store_shim import ShimStore
 
 DEFAULT_TEMPLATE = "{baseColour} {articleType} for {gender}"
 VARIANTS = ("titles", "full")
@@ -100,19 +100,17 @@ def metrics(ranked: Sequence[bool], relevant_total: int, cutoff: int = CUTOFF) -
             "mrr": 1 / (first + 1) if first is not None else 0.0}
 
 
-def index_rows(settings: Settings, encoders: Encoders, rows: Sequence[Row], variant: str) -> ProductStore:
+def index_rows(settings: Settings, rows: Sequence[Row], vectors: np.ndarray, variant: str) -> ProductStore:
     """A fresh store of the rows' title vectors; the ``titles`` variant leaves the attribute values
     out of the payload that the keyword index reads."""
-    store = ProductStore(dataclasses.replace(settings, collection=f"eval_{variant}"), {"text": encoders.text.dim})
-    writer = ShimStore(store)
+    store = ProductStore(dataclasses.replace(settings, collection=f"eval_{variant}"), {"text": vectors.shape[1]})
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
-        vectors = encoders.text.encode([" ".join(filter(None, (r.title, r.description))) for r in chunk])
-        store.upsert([writer.product_point(r.product_id, {"text": v}, {
+        store.upsert([ProductPoint(r.product_id, {"text": v}, {
             "product_id": r.product_id, "title": r.title, "description": r.description, "category": r.category,
             "category_path": [" > ".join(r.category[: i + 1]) for i in range(len(r.category))],
             "attributes": r.attributes if variant == "full" else {}, "modalities": ["text"],
-        }) for r, v in zip(chunk, vectors)])
+        }) for r, v in zip(chunk, vectors[start:start + 256])])
     return store
 
 
@@ -122,8 +120,9 @@ def evaluate(settings: Settings, rows: Sequence[Row], queries: Sequence[Query],
     by_id = {row.product_id: row for row in rows}
     totals = [sum(q.relevant(r) for r in rows) for q in queries]
     report: dict[str, Any] = {"queries": len(queries), "products": len(rows), "variants": {}}
+    vectors = encoders.text.encode([" ".join(filter(None, (r.title, r.description))) for r in rows])
     for variant in VARIANTS:
-        store = index_rows(settings, encoders, rows, variant)
+        store = index_rows(settings, rows, vectors, variant)
         try:
             results: dict[str, dict[str, float]] = {}
             runs = [(mode, None) for mode in TEXT_MODES if mode != "hybrid"]
@@ -136,10 +135,15 @@ def evaluate(settings: Settings, rows: Sequence[Row], queries: Sequence[Query],
                     scores.append(metrics([query.relevant(by_id[h.product_id]) for h in hits], total))
                 name = mode if weight is None else f"hybrid (keyword weight {weight:g})"
                 results[name] = {k: round(float(np.mean([s[k] for s in scores])), 3) for k in scores[0]}
+                log(f"{variant:<6} {name:<32} {results[name]}")
             report["variants"][variant] = results
         finally:
             store.close()
     return report
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def best_mode(report: Mapping[str, Any], variant: str = "titles") -> str:

@@ -15,9 +15,11 @@ import logging
 import secrets
 import time
 import uuid
+from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Path, Query, Request, Security, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, Security, UploadFile
+from fastapi import Path as UrlPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -27,14 +29,13 @@ from starlette.concurrency import run_in_threadpool
 
 from encoders_onnx.decoding import MediaError
 from streams.adapters.profiles import UserProfiles
-from streams.adapters.store import ProductStore
+from streams.adapters.store import ProductStore, SearchFilters
 from streams.settings import Settings
 from streams.worker.encoders import load_encoders
 from streams.worker.recommend import Recommender
 from streams.worker.reindex import ReindexJob
 from streams.worker.search import ExplainedHit, Page, QueryError, Searcher, TextMode, UnknownProduct
 from streams.worker.profiles import ProfileConfig
-from streams.worker.store_shim import SearchFilters, ShimStore
 
 log = logging.getLogger("shelfstream.api")
 
@@ -43,7 +44,7 @@ MAX_LIMIT = 100
 MAX_OFFSET = 10_000
 MAX_BATCH = 16
 ProductId = Annotated[str, Field(min_length=1, max_length=256, description="a product id as published")]
-UserId = Annotated[str, Path(min_length=1, max_length=256, description="a user id as in the interactions")]
+UserId = Annotated[str, UrlPath(min_length=1, max_length=256, description="a user id as in the interactions")]
 
 
 class Backend(Protocol):
@@ -58,6 +59,7 @@ class Backend(Protocol):
     def status(self, window: Any) -> dict[str, Any]: ...
     def start_reindex(self) -> ReindexJob: ...
     def reindex_status(self) -> ReindexJob: ...
+    def backup(self, directory: Path, restore: bool) -> list[str]: ...
     def recommender(self) -> Recommender: ...
     def forget_user(self, user_id: str) -> bool: ...
 
@@ -218,6 +220,15 @@ class BatchResults(BaseModel):
 class ProductRecord(Product):
     payload: dict[str, Any]
     vectors: dict[str, list[float]] | None = None
+
+
+class BackupRequest(Strict):
+    dir: str = Field(min_length=1, max_length=4096, description="a folder on the server's machine")
+    restore: bool = Field(False, description="restore from the folder instead of snapshotting into it")
+
+
+class BackupDone(BaseModel):
+    done: list[str] = Field(description="snapshot files written, or collections restored")
 
 
 class ReindexStatus(BaseModel):
@@ -393,8 +404,21 @@ def create_api(backend: Backend) -> FastAPI:
     def reindex_status() -> ReindexStatus:
         return ReindexStatus(**backend.reindex_status().as_dict())
 
+    @v1.post("/backup", tags=["service"])
+    def backup(request: BackupRequest) -> BackupDone:
+        """Snapshot the store into a folder on the server's machine (Edge shards, or the Qdrant
+        server's snapshot API), or restore from one."""
+        try:
+            return BackupDone(done=backend.backup(Path(request.dir), request.restore))
+        except (OSError, ValueError, LookupError) as exc:
+            raise HTTPException(400, f"dir: {type(exc).__name__}: {exc}") from None
+
     app.include_router(v1)
     return app
+
+
+def backup_store(store: ProductStore, directory: Path, restore: bool) -> list[str]:
+    return store.restore(directory) if restore else [str(f) for f in store.backup(directory)]
 
 
 def _form_filter(raw: str | None) -> Filter | None:
@@ -469,8 +493,11 @@ class QueryService:
     def reindex_status(self) -> ReindexJob:
         raise NotServedHere("this query service does not index: ask a worker for GET /v1/reindex")
 
+    def backup(self, directory: Path, restore: bool) -> list[str]:
+        return backup_store(self.store, directory, restore)
+
     def recommender(self) -> Recommender:
-        return Recommender(ShimStore(self.store), self.profiles, self.profile_config)
+        return Recommender(self.store, self.profiles, self.profile_config)
 
     def forget_user(self, user_id: str) -> bool:
         return self.profiles.forget(user_id)

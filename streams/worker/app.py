@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 import faust
@@ -33,13 +34,12 @@ from streams.worker.pipeline import (
     Pipeline,
     Stats,
 )
-from streams.worker.api import create_api
+from streams.worker.api import backup_store, create_api
 from streams.worker.interactions import apply_interactions
 from streams.worker.profiles import ProfileConfig
 from streams.worker.recommend import Recommender
 from streams.worker.reindex import ReindexJob, start_in_background
 from streams.worker.search import Searcher
-from streams.worker.store_shim import ShimStore
 
 log = logging.getLogger("shelfstream.worker")
 
@@ -260,8 +260,11 @@ class WorkerBackend:
     def reindex_status(self) -> ReindexJob:
         return self.worker.reindex_job
 
+    def backup(self, directory: Path, restore: bool) -> list[str]:
+        return backup_store(self.worker.pipeline.store, directory, restore)
+
     def recommender(self) -> Recommender:
-        return Recommender(ShimStore(self.worker.pipeline.store), self.worker.profiles, self.worker.profile_config)
+        return Recommender(self.worker.pipeline.store, self.worker.profiles, self.worker.profile_config)
 
     def forget_user(self, user_id: str) -> bool:
         return self.worker.profiles.forget(user_id)

@@ -33,7 +33,6 @@ import httpx
 import numpy as np
 import redis
 from PIL import Image
-from qdrant_client import models
 from qdrant_client.http.exceptions import ResponseHandlingException
 
 from encoders_onnx.decoding import MediaError, load_image
@@ -41,7 +40,7 @@ from encoders_onnx.fusion import MODALITIES, ModalityBatch
 from encoders_onnx.session import l2_normalize
 from streams.adapters.cache import FeatureCache, feature_key
 from streams.adapters.media import MediaLimits, content_hash, fetch_bytes
-from streams.adapters.store import ProductStore, StoredState, category_prefixes, point_id
+from streams.adapters.store import ProductPoint, ProductStore, StoredState, category_prefixes
 from streams.adapters.tombstones import Tombstones
 from streams.schema.events import EventError, EventLimits, ProductEvent, parse_event
 from streams.settings import Settings
@@ -439,7 +438,7 @@ class Pipeline:
             vectors = {name: b.vectors[i] for name, b in named.items() if b.present[i]}
             modalities = sorted(name for name in vectors if name in MODALITIES)
             payload = self._payload(product.fetched, modalities, product.failures)
-            points.append(_point(product.fetched.event.product_id, vectors, payload))
+            points.append(ProductPoint(product.fetched.event.product_id, vectors, payload))
         self.store.upsert(points)
 
     def _payload(self, product: Fetched, modalities: list[str], failures: Mapping[str, Failure]) -> dict:
@@ -500,8 +499,3 @@ def _stored_fingerprint(current: Mapping[str, StoredState], product: Fetched) ->
 def _stored_failures(stored: StoredState) -> dict[str, Failure]:
     """The modality errors a stored payload recorded, as failures again."""
     return {modality: Failure(STORED_ERROR, reason) for modality, reason in stored.errors.items()}
-
-
-def _point(product_id: str, vectors: Mapping[str, np.ndarray], payload: dict) -> models.PointStruct:
-    """One product's point, as the store takes it."""
-    return models.PointStruct(id=point_id(product_id), vector={k: v.tolist() for k, v in vectors.items()}, payload=payload)

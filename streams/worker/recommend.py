@@ -10,25 +10,17 @@ engine. With no interactions at all anywhere, the answer is empty (``source="non
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from encoders_onnx.profile import mmr
 from streams.adapters.profiles import HistoryEntry, UserHistory, UserProfiles
-from streams.adapters.store import Hit
+from streams.adapters.store import Hit, ProductStore, SearchFilters
 from streams.worker.profiles import ProfileConfig, interacted_products, profile_vector
 
 COLD_START_POPULAR = 50
 MMR_POOL = 4  # MMR chooses k among k * MMR_POOL nearest: enough room to diversify, little cost
-
-
-class VectorStore(Protocol):
-    """What recommending needs of the store (the agreed store interface)."""
-
-    def search(self, using: str, vector: np.ndarray, limit: int = 10, filters: Any = None) -> list[Hit]: ...
-    def vectors(self, product_ids: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]: ...
 
 
 @dataclass(frozen=True)
@@ -38,12 +30,12 @@ class Recommendation:
 
 
 class Recommender:
-    def __init__(self, store: VectorStore, profiles: UserProfiles, config: ProfileConfig) -> None:
+    def __init__(self, store: ProductStore, profiles: UserProfiles, config: ProfileConfig) -> None:
         self.store = store
         self.profiles = profiles
         self.config = config
 
-    def recommend(self, user_id: str, k: int = 10, filters: Any = None,
+    def recommend(self, user_id: str, k: int = 10, filters: SearchFilters | None = None,
                   diversity: float = 0.0) -> Recommendation:
         history = self.profiles.load(user_id)
         excluded = history.purchased | history.disliked
@@ -56,12 +48,12 @@ class Recommender:
                 return Recommendation([], "none")
         return Recommendation(self._nearest(profile, k, filters, excluded, diversity), source)
 
-    def _nearest(self, profile: np.ndarray, k: int, filters: Any, excluded: frozenset[str],
+    def _nearest(self, profile: np.ndarray, k: int, filters: SearchFilters | None, excluded: frozenset[str],
                  diversity: float) -> list[Hit]:
-        """Over-fetch by the excluded count and drop them, so at most one query reaches the engine."""
-        pool = k * MMR_POOL if diversity > 0 else k
-        hits = self.store.search(self.config.vector_name, profile, pool + len(excluded), filters)
-        hits = [hit for hit in hits if hit.product_id not in excluded][:pool]
+        """The engine leaves out the excluded products, so a page is never short for them."""
+        base = filters or SearchFilters()
+        filters = replace(base, exclude_product_ids=(*base.exclude_product_ids, *sorted(excluded)))
+        hits = self.store.search(self.config.vector_name, profile, k * MMR_POOL if diversity > 0 else k, filters)
         if diversity <= 0 or len(hits) <= 1:
             return hits[:k]
         vectors = self._vectors([hit.product_id for hit in hits])

@@ -15,15 +15,15 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from encoders_onnx.decoding import load_image
-from streams.adapters.store import Hit
+from streams.adapters.store import Hit, ProductStore, SearchFilters
 from streams.worker.encoders import Encoders
-from streams.worker.store_shim import SearchFilters, ShimStore
 
 TextMode = Literal["dense", "keyword", "hybrid"]
 ScoreKind = Literal["cosine", "bm25", "rrf"]
 TEXT_MODES: tuple[TextMode, ...] = ("dense", "keyword", "hybrid")
 MODALITIES = ("text", "image", "video")
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: a list's first hits count most, none dominate
+FUSION_DEPTH = 50  # hits taken from each list before fusing: a product ranked low in one list still counts
 
 
 class QueryError(LookupError):
@@ -51,9 +51,9 @@ class ExplainedHit:
 
 
 class Searcher:
-    def __init__(self, store: Any, encoders: Encoders, max_image_pixels: int,
+    def __init__(self, store: ProductStore, encoders: Encoders, max_image_pixels: int,
                  default_mode: TextMode = "hybrid", keyword_weight: float = 1.0) -> None:
-        self.store = ShimStore(store)
+        self.store = store
         self.encoders = encoders
         self.max_image_pixels = max_image_pixels
         self.default_mode = default_mode
@@ -84,7 +84,8 @@ class Searcher:
         mode = mode or self.default_mode
         keyword: list[Hit] = []
         if mode != "dense":
-            keyword = self.store.keyword_search(keyword_query(text), page.offset + page.limit, filters)
+            depth = page.offset + page.limit if mode == "keyword" else max(page.offset + page.limit, FUSION_DEPTH)
+            keyword = self.store.keyword_search(with_singulars(text), depth, filters)
         if mode == "keyword":
             hits = [h for h in keyword[page.offset:] if page.score_threshold is None or h.score >= page.score_threshold]
             return self._explain(hits, "bm25", self._query_vectors("text", self.encoders.text.encode([text])), keyword)
@@ -106,18 +107,18 @@ class Searcher:
     def _dense(self, modality: str, encoded: np.ndarray, filters: SearchFilters | None, page: Page,
                keyword: Sequence[Hit] = ()) -> list[ExplainedHit]:
         """One cosine list is returned as it is; several (more targets, or keyword hits beside
-        them) are fused by weighted RRF over their first ``offset + limit`` hits."""
+        them) are fused by weighted RRF over their first ``FUSION_DEPTH`` (or ``offset + limit``) hits."""
         query = self._query_vectors(modality, encoded)
         if len(query) == 1 and not keyword:
             using, vector = next(iter(query.items()))
             hits = self.store.search(using, vector, page.limit, filters, page.offset, page.score_threshold)
             return self._explain(hits, "cosine", query)
-        depth = page.offset + page.limit
+        depth = max(page.offset + page.limit, FUSION_DEPTH)
         lists = [(1.0, self.store.search(using, vector, depth, filters, 0, page.score_threshold))
                  for using, vector in query.items()]
         if keyword:
             lists.append((self.keyword_weight, list(keyword)))
-        fused = reciprocal_rank_fusion(lists)[page.offset: depth]
+        fused = reciprocal_rank_fusion(lists)[page.offset: page.offset + page.limit]
         return self._explain(fused, "rrf", query, keyword)
 
     def _explain(self, hits: Sequence[Hit], kind: ScoreKind, query: Mapping[str, np.ndarray],
@@ -136,7 +137,7 @@ class Searcher:
         return explained
 
 
-def keyword_query(text: str) -> str:
+def with_singulars(text: str) -> str:
     """The text with the singular of each plural word beside it: the keyword index does not stem,
     and catalogs title a product "Shoe" as often as "Shoes"."""
     words = text.split()

@@ -1,6 +1,9 @@
-"""Unit tests of the Qdrant store in local mode (a folder under tmp_path, no services): point ids,
-category prefixes, filters that really filter, stored states, payload-only updates, and the
-collection's vector sizes check. Vectors are small and hand-made."""
+"""The store's contract: the same cases run on both engines, Qdrant Edge (the embedded default)
+and qdrant-client. qdrant-client runs in local mode (``SHELFSTREAM_QDRANT_URL=local:PATH``) as a
+stand-in for a Qdrant server, whose binary is not installable here: it speaks the same client API.
+No services; vectors are small and hand-made. Point ids, category prefixes, filters that really
+filter (category on any level, price, attributes, modalities, excluded ids), keyword search,
+recommend, stored states, payload-only updates, aliases, vector sizes, backups."""
 
 from __future__ import annotations
 
@@ -11,10 +14,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient, models
 
 from streams.adapters.store import (
     POINT_NAMESPACE,
+    ProductPoint,
     ProductStore,
     SearchFilters,
     StoredState,
@@ -24,27 +27,34 @@ from streams.adapters.store import (
 from streams.settings import Settings
 
 DIMS = {"text": 3, "image": 4, "fused": 2}
+ENGINES = ["edge", "client-local"]
 
 
-def store_settings(tmp_path: Path, collection: str = "products") -> Settings:
+def store_settings(tmp_path: Path, engine: str = "edge", collection: str = "products") -> Settings:
+    url = f"local:{tmp_path / 'qdrant-local'}" if engine == "client-local" else ""
     return Settings.from_env(env={}, state_dir=str(tmp_path / "state"), qdrant_path=str(tmp_path / "qdrant"),
-                             collection=collection)
+                             qdrant_url=url, collection=collection)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    return request.param
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ProductStore]:
-    store = ProductStore(store_settings(tmp_path), DIMS)
+def store(tmp_path: Path, engine: str) -> Iterator[ProductStore]:
+    store = ProductStore(store_settings(tmp_path, engine), DIMS)
     yield store
     store.close()
 
 
-def point(product_id: str, vectors: dict[str, list[float]], **payload: Any) -> models.PointStruct:
+def point(product_id: str, vectors: dict[str, list[float]], **payload: Any) -> ProductPoint:
     category = payload.get("category", [])
-    return models.PointStruct(
-        id=point_id(product_id),
-        vector=vectors,
-        payload={"product_id": product_id, "version": 1, "category": category,
-                 "category_path": category_prefixes(category), **payload},
+    return ProductPoint(
+        product_id,
+        {name: np.asarray(v, dtype=np.float32) for name, v in vectors.items()},
+        {"product_id": product_id, "version": 1, "category": category,
+         "category_path": category_prefixes(category), **payload},
     )
 
 
@@ -106,9 +116,15 @@ def test_category_prefixes(category, expected):
 # -- filters ---------------------------------------------------------------------------------------------------
 
 
-def test_no_filters_is_no_qdrant_filter():
-    assert SearchFilters().to_qdrant() is None
-    assert SearchFilters(category="").to_qdrant() is None
+def test_no_filters_is_no_condition():
+    assert not SearchFilters().conditions()
+    assert not SearchFilters(category=" / ").conditions()
+    assert SearchFilters("Apparel", 1, 2) == SearchFilters(category="Apparel", price_min=1, price_max=2)  # positional stays
+
+
+def test_price_min_above_price_max_is_refused_naming_both():
+    with pytest.raises(ValueError, match=r"price_min \(900\) is greater than price_max \(100\)"):
+        SearchFilters(price_min=900, price_max=100)
 
 
 def test_unfiltered_search_ranks_by_cosine(filled):
@@ -132,9 +148,12 @@ def test_limit(filled):
         ("Apparel>Topwear", ["shirt", "tee"]),
         ("  Apparel >  Topwear / Tshirts ", ["tee"]),
         ("Footwear", ["shoe"]),
-        ("Topwear", []),  # a prefix, not any level
+        ("Topwear", ["shirt", "tee"]),  # any level
+        ("tshirts", ["tee"]),
+        ("apparel", ["shirt", "tee", "jeans"]),  # case-insensitive
+        ("APPAREL > topwear", ["shirt", "tee"]),
         ("Appar", []),  # whole levels only
-        ("apparel", []),  # exact spelling
+        ("Topwear > Shirts", []),  # a path is a prefix from the top
     ],
 )
 def test_category_prefix_filter(filled, category, expected):
@@ -161,12 +180,116 @@ def test_category_and_price_together(filled):
     assert ids(filled.search("fused", QUERY, limit=10, filters=filters)) == ["shirt", "tee"]
 
 
-def test_exclude_product_id(filled):
-    assert ids(filled.search("fused", QUERY, limit=10, exclude_product_id="shirt")) == ["tee", "jeans", "shoe", "bag"]
-    filters = SearchFilters(category="Apparel > Topwear")
-    assert ids(filled.search("fused", QUERY, limit=10, filters=filters, exclude_product_id="tee")) == ["shirt"]
+def test_exclude_product_ids(filled):
+    excluded = SearchFilters(exclude_product_ids=("shirt",))
+    assert ids(filled.search("fused", QUERY, limit=10, filters=excluded)) == ["tee", "jeans", "shoe", "bag"]
+    filters = SearchFilters(category="Apparel > Topwear", exclude_product_ids=("tee", "bag"))
+    assert ids(filled.search("fused", QUERY, limit=10, filters=filters)) == ["shirt"]
     # an unknown product excludes nothing
-    assert len(filled.search("fused", QUERY, limit=10, exclude_product_id="nope")) == 5
+    assert len(filled.search("fused", QUERY, limit=10, filters=SearchFilters(exclude_product_ids=("nope",)))) == 5
+
+
+def test_offset_and_score_threshold(filled):
+    assert ids(filled.search("fused", QUERY, limit=2, offset=2)) == ["jeans", "shoe"]
+    assert ids(filled.search("fused", QUERY, limit=10, score_threshold=0.95)) == ["shirt", "tee"]
+
+
+@pytest.mark.parametrize(
+    "attributes, expected",
+    [
+        ({"colour": ("Blue",)}, ["shirt", "jeans"]),
+        ({"COLOUR": ("blue", "white")}, ["shirt", "tee", "jeans"]),  # any of, case-insensitive
+        ({"colour": ("blue",), "fit": ("slim",)}, ["jeans"]),  # every key must match
+        ({"fit": ("Regular",)}, ["shirt"]),
+        ({"material": ("cotton",)}, []),
+    ],
+)
+def test_attribute_filter(store, attributes, expected):
+    store.upsert([point(pid, {"fused": fused}, attributes=attrs) for pid, fused, attrs in [
+        ("shirt", [1.0, 0.0], {"colour": "Blue", "fit": "Regular"}),
+        ("tee", [0.9, 0.1], {"colour": "White"}),
+        ("jeans", [0.7, 0.3], {"Colour": "blue", "Fit": "Slim"}),
+        ("bag", [0.1, 0.9], {}),
+    ]])
+    assert ids(store.search("fused", QUERY, 10, SearchFilters(attributes=attributes))) == expected
+
+
+def test_modalities_filter(store):
+    store.upsert([
+        point("text-only", {"text": [1, 0, 0], "fused": [1, 0]}, modalities=["text"]),
+        point("both", {"text": [1, 0, 0], "image": [1, 0, 0, 0], "fused": [0.9, 0.1]}, modalities=["image", "text"]),
+        point("all", {"fused": [0.5, 0.5]}, modalities=["image", "text", "video"]),
+    ])
+    assert ids(store.search("fused", QUERY, 10, SearchFilters(modalities=("image",)))) == ["both", "all"]
+    assert ids(store.search("fused", QUERY, 10, SearchFilters(modalities=("image", "video")))) == ["all"]
+    assert ids(store.search("fused", QUERY, 10, SearchFilters(modalities=("text",)))) == ["text-only", "both", "all"]
+
+
+def test_derived_filter_fields_never_show_in_payloads(filled):
+    hit = filled.search("fused", QUERY, 1)[0]
+    assert "category_keys" not in hit.payload and "attribute_terms" not in hit.payload
+    assert "category_keys" not in filled.get("shirt").payload
+
+
+# -- keyword search and recommend ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def worded(store: ProductStore) -> ProductStore:
+    store.upsert([point(pid, {"fused": fused}, title=title, description=description, attributes=attrs,
+                        category=cat, price=price)
+                  for pid, fused, title, description, attrs, cat, price in [
+        ("denim", [1, 0], "Blue Denim Jacket", "a classic jacket", {"colour": "Blue"}, ["Apparel", "Topwear"], 50.0),
+        ("tee", [0.9, 0.1], "White Tee", "cotton crew neck", {"colour": "White"}, ["Apparel", "Topwear"], 10.0),
+        ("jacket", [0.7, 0.3], "Rain Jacket", "keeps the rain out", {"colour": "Yellow"}, ["Apparel", "Topwear"], 80.0),
+        ("watch", [0.2, 0.8], "Steel Watch", "a blue dial", {"strap": "Leather"}, ["Accessories", "Watches"], 120.0),
+        ("socks", [0.1, 0.9], "Wool Socks", "", {}, ["Apparel", "Socks"], 5.0),
+    ]])
+    return store
+
+
+def test_keyword_search_finds_words_of_title_description_and_attributes(worded):
+    assert set(ids(worded.keyword_search("jacket"))) == {"denim", "jacket"}
+    assert set(ids(worded.keyword_search("leather"))) == {"watch"}  # an attribute value
+    assert set(ids(worded.keyword_search("cotton"))) == {"tee"}  # the description
+    assert ids(worded.keyword_search("JACKET", filters=SearchFilters(price_max=60))) == ["denim"]
+    assert worded.keyword_search("nothing-matches-this") == [] and worded.keyword_search("  ") == []
+
+
+def test_keyword_search_ranks_rare_words_and_more_matches_first(worded):
+    # "blue" is in two products, "denim" in one: the engine's IDF makes the rare word count more
+    assert ids(worded.keyword_search("blue denim"))[0] == "denim"
+    hits = worded.keyword_search("blue")
+    assert set(ids(hits)) == {"denim", "watch"} and all(hit.score > 0 for hit in hits)
+    assert ids(worded.keyword_search("jacket", limit=1, offset=1)) in (["denim"], ["jacket"])
+
+
+def test_recommend_never_returns_its_inputs(worded):
+    assert ids(worded.recommend(["denim"])) == ["tee", "jacket", "watch", "socks"]
+    assert "tee" not in ids(worded.recommend(["denim"], ["tee"]))
+    assert "denim" not in ids(worded.recommend(["denim"], ["tee"]))
+    assert ids(worded.recommend(["denim"], filters=SearchFilters(category="accessories"))) == ["watch"]
+    assert ids(worded.recommend(["socks"], limit=1)) == ["watch"]
+
+
+def test_recommend_moves_away_from_negatives(worded):
+    # best score: a candidate counts only where it is closer to a positive than to every negative
+    assert ids(worded.recommend(["denim"], ["socks"], limit=2)) == ["tee", "jacket"]
+    assert ids(worded.recommend(["denim"], ["socks"], score_threshold=0.0)) == ["tee", "jacket"]
+
+
+def test_recommend_of_an_unknown_product_names_it(worded):
+    with pytest.raises(LookupError, match="'nope'"):
+        worded.recommend(["denim", "nope"])
+    with pytest.raises(ValueError, match="at least one positive"):
+        worded.recommend([])
+
+
+def test_vectors_returns_the_named_vectors_of_known_products(worded):
+    found = worded.vectors(["denim", "socks", "nope"], ["fused"])
+    assert set(found) == {"denim", "socks"}
+    np.testing.assert_allclose(found["denim"]["fused"], [1, 0], atol=1e-6)
+    assert found["socks"]["fused"] == pytest.approx(np.array([0.1, 0.9]) / np.linalg.norm([0.1, 0.9]), abs=1e-5)
 
 
 # -- states, payloads, vectors ------------------------------------------------------------------------
@@ -251,21 +374,21 @@ def test_all_points_pages_through_the_collection(store):
 # -- the collection ----------------------------------------------------------------------------------------
 
 
-def test_reopening_with_the_same_sizes_keeps_the_points(tmp_path):
-    store = ProductStore(store_settings(tmp_path), DIMS)
+def test_reopening_with_the_same_sizes_keeps_the_points(tmp_path, engine):
+    store = ProductStore(store_settings(tmp_path, engine), DIMS)
     store.upsert([point("a", {"fused": [1, 0]}, version=4)])
     store.close()
-    again = ProductStore(store_settings(tmp_path), DIMS)
+    again = ProductStore(store_settings(tmp_path, engine), DIMS)
     try:
         assert again.states(["a"]) == {"a": StoredState(4, None, [])}
     finally:
         again.close()
 
 
-def test_collection_with_other_vector_sizes_is_refused(tmp_path):
-    ProductStore(store_settings(tmp_path), DIMS).close()
+def test_collection_with_other_vector_sizes_is_refused(tmp_path, engine):
+    ProductStore(store_settings(tmp_path, engine), DIMS).close()
     with pytest.raises(RuntimeError) as info:
-        ProductStore(store_settings(tmp_path), {**DIMS, "image": 1280})
+        ProductStore(store_settings(tmp_path, engine), {**DIMS, "image": 1280})
     message = str(info.value)
     del info
     gc.collect()  # the refused store's client is only closed when collected
@@ -275,31 +398,86 @@ def test_collection_with_other_vector_sizes_is_refused(tmp_path):
     )
 
 
-def test_collection_with_other_vector_names_is_refused(tmp_path):
-    ProductStore(store_settings(tmp_path), {"text": 3}).close()
+def test_collection_with_other_vector_names_is_refused(tmp_path, engine):
+    ProductStore(store_settings(tmp_path, engine), {"text": 3}).close()
     with pytest.raises(RuntimeError, match=r"has vectors \{'text': 3\}, but the models produce .*use another SHELFSTREAM_COLLECTION"):
-        ProductStore(store_settings(tmp_path), DIMS)
+        ProductStore(store_settings(tmp_path, engine), DIMS)
     gc.collect()
 
 
-def test_another_collection_name_is_independent(tmp_path):
-    ProductStore(store_settings(tmp_path), {"text": 3}).close()
-    other = ProductStore(store_settings(tmp_path, collection="v2"), DIMS)
+def test_another_collection_name_is_independent(tmp_path, engine):
+    ProductStore(store_settings(tmp_path, engine), {"text": 3}).close()
+    other = ProductStore(store_settings(tmp_path, engine, collection="v2"), DIMS)
     try:
         assert other.count() == 0
     finally:
         other.close()
 
 
-def test_collection_with_an_unnamed_vector_is_refused_clearly(tmp_path):
-    client = QdrantClient(path=str(tmp_path / "qdrant"))
-    client.create_collection("products", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
-    client.close()
+def test_versions_write_their_own_collection_and_queries_read_the_alias(tmp_path, engine):
+    settings = store_settings(tmp_path, engine)
+    old = ProductStore(settings, DIMS, version="v1")
+    assert old.collection == "products-v1" and old.serving_collection() == "products-v1"  # the first version serves
+    old.upsert([point("a", {"fused": [1, 0]}, title="Old")])
+    old.close()
+    new = ProductStore(settings, DIMS, version="v2")
     try:
-        ProductStore(store_settings(tmp_path), DIMS).close()
-        outcome = "no error"
-    except Exception as exc:  # noqa: BLE001 - the test says which error came instead
-        outcome = f"{type(exc).__name__}: {exc}"
-    gc.collect()  # close the refused store's client now, not at interpreter shutdown
-    assert outcome.startswith("RuntimeError: Qdrant collection 'products' has vectors"), outcome
-    assert "use another SHELFSTREAM_COLLECTION" in outcome
+        assert new.serving_collection() == "products-v1"  # old vectors answer until the switch
+        new.upsert([point("a", {"fused": [0, 1]}, title="New"), point("b", {"fused": [1, 0]}, title="B")])
+        assert [h.payload["title"] for h in new.search("fused", QUERY, 10)] == ["Old"]
+        assert new.get("a").payload["title"] == "New"  # writes and reads by id go to this version
+        assert new.get("a", collection=new.alias).payload["title"] == "Old"
+        np.testing.assert_allclose(new.vectors(["a"], ["fused"])["a"]["fused"], [1, 0], atol=1e-6)
+        new.switch_alias()
+        assert new.serving_collection() == "products-v2"
+        assert ids(new.search("fused", QUERY, 10)) == ["b", "a"]
+        assert new.point_count("products-v1") == 1 and new.count() == 2
+    finally:
+        new.close()
+
+
+def test_switched_alias_survives_a_restart(tmp_path, engine):
+    settings = store_settings(tmp_path, engine)
+    ProductStore(settings, DIMS, version="v1").close()
+    new = ProductStore(settings, DIMS, version="v2")
+    new.switch_alias()
+    new.close()
+    again = ProductStore(settings, DIMS, version="v1")
+    try:
+        assert again.serving_collection() == "products-v2"
+    finally:
+        again.close()
+
+
+def test_backup_and_restore_round_trip_on_edge(tmp_path):
+    """Edge snapshots: a backup taken, the store changed, the backup restored, the old state back.
+    (qdrant-client's snapshots need a server, which is not installable here.)"""
+    settings = store_settings(tmp_path, "edge")
+    store = ProductStore(settings, DIMS, version="v1")
+    try:
+        store.upsert([point("a", {"fused": [1, 0]}, price=10.0, category=["Apparel"]),
+                      point("b", {"fused": [0, 1]}, price=20.0)])
+        files = store.backup(tmp_path / "backup")
+        assert [f.name for f in files] == ["products-v1.snapshot"] and files[0].stat().st_size > 0
+        store.delete(["a"])
+        store.overwrite_payloads({"b": {"product_id": "b", "version": 2, "price": 99.0}})
+        assert store.count() == 1
+        assert store.restore(tmp_path / "backup") == ["products-v1"]
+        assert store.count() == 2 and store.get("b").payload["price"] == 20.0
+        assert ids(store.search("fused", QUERY, 10, SearchFilters(category="apparel"))) == ["a"]  # indexes back too
+    finally:
+        store.close()
+    reopened = ProductStore(settings, DIMS, version="v1")
+    try:
+        assert reopened.count() == 2 and reopened.serving_collection() == "products-v1"
+    finally:
+        reopened.close()
+
+
+def test_local_mode_has_no_snapshots_and_says_so(tmp_path):
+    store = ProductStore(store_settings(tmp_path, "client-local"), DIMS)
+    try:
+        with pytest.raises(RuntimeError, match="local mode has no snapshots"):
+            store.backup(tmp_path / "backup")
+    finally:
+        store.close()

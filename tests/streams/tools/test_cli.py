@@ -19,7 +19,8 @@ from streams.tools.cli import build_parser, main, query_from_args
 from streams.tools.client import format_table
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "serve", "publish", "similar", "search", "recommend", "export",
-            "bench", "demo", "make-videos", "train", "eval", "reindex", "dead-letters", "publish-interactions", "forget-user"]
+            "bench", "demo", "make-videos", "train", "eval", "reindex", "dead-letters", "backup", "restore",
+            "publish-interactions", "forget-user"]
 
 
 @pytest.fixture(autouse=True)
@@ -252,7 +253,7 @@ def test_status_with_nothing_running(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     assert f"no worker answering at http://127.0.0.1:{port}" in out
     status = json.loads(out[: out.rindex("}") + 1])
-    assert status["qdrant"] == {"mode": "local", "path": str(tmp_path / "q")}
+    assert status["qdrant"] == {"mode": "edge", "path": str(tmp_path / "q")}
     assert all(not service["alive"] for name, service in status.items() if name != "qdrant")
 
 
@@ -315,3 +316,37 @@ def test_the_readme_documents_every_setting_with_its_default():
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     for variable, default, doc in Settings.describe():
         assert f"| `{variable}` | `{default}` | {doc} |" in readme, variable
+
+
+def test_backup_and_restore_with_no_worker_round_trip(monkeypatch, capsys, tmp_path, model_dir):
+    """`shelfstream backup DIR` then `restore DIR` on the Edge store, opened by the CLI itself."""
+    import numpy as np
+
+    from streams.adapters.store import ProductPoint, ProductStore
+    from streams.worker.encoders import load_encoders
+
+    for name, value in {"QDRANT_PATH": tmp_path / "qdrant", "WEB_PORT": free_port(), "MODEL_DIR": model_dir,
+                        "PROVIDERS": "cpu", "STATE_DIR": tmp_path / "state"}.items():
+        monkeypatch.setenv(f"SHELFSTREAM_{name}", str(value))
+    settings = Settings.from_env()
+    fusion = load_encoders(settings).fusion
+
+    def open_store() -> ProductStore:
+        return ProductStore(settings, fusion.dims, fusion.version)
+
+    store = open_store()
+    vectors = {name: np.full(dim, 1 / np.sqrt(dim), dtype=np.float32) for name, dim in fusion.dims.items()}
+    store.upsert([ProductPoint(pid, vectors, {"product_id": pid, "version": 1, "title": pid}) for pid in ("a", "b")])
+    store.close()
+    assert main(["backup", str(tmp_path / "backup")]) == 0
+    assert f"{store.collection}.snapshot" in capsys.readouterr().out
+    store = open_store()
+    store.delete(["a"])
+    store.close()
+    assert main(["restore", str(tmp_path / "backup")]) == 0
+    store = open_store()
+    try:
+        assert store.count() == 2 and store.get("a").payload["title"] == "a"
+        assert store.serving_collection() == store.collection
+    finally:
+        store.close()

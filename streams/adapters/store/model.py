@@ -1,0 +1,203 @@
+"""Engine-neutral types of the product store: what goes in, what comes out, what filters ask.
+
+Nothing here imports an engine. The engines (``edge.py``, ``client.py``) translate these types
+into their own; everything above the store sees only these.
+
+Two payload fields are derived by the store from the product's own fields and written with every
+point, so that filters are exact keyword matches an index answers (both are stripped on read):
+
+- ``category_keys``: every level and every path prefix of the category, lower-cased
+  (``apparel``, ``topwear``, ``apparel > topwear``): a category filter on any level or prefix,
+  case-insensitive, is one match.
+- ``attribute_terms``: ``key=value`` lower-cased for every attribute: one keyword index serves
+  every attribute key, including keys nobody has filtered on yet.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+# Point ids are UUIDv5 of the product id: stable across workers, replays and machines.
+POINT_NAMESPACE = uuid.UUID("6f1d3c52-8a59-4c4e-9a8e-3b0c2f7d9e41")
+KEYWORDS = "keywords"  # the sparse named vector of keyword search
+DERIVED_FIELDS = ("category_keys", "attribute_terms")
+# Payload indexes created on both engines: keyword fields, then float fields.
+KEYWORD_INDEXES = ("category_path", "category_keys", "attribute_terms", "product_id", "modalities")
+FLOAT_INDEXES = ("price",)
+
+# BM25's term-frequency saturation, applied client-side; the engines apply IDF (modifier=IDF).
+BM25_K1 = 1.2
+BM25_B = 0.75
+BM25_AVG_LEN = 40.0  # typical title + description + attributes length in tokens
+TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def point_id(product_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, product_id))
+
+
+def category_prefixes(category: Sequence[str]) -> list[str]:
+    """``["A", "B"]`` -> ``["A", "A > B"]``."""
+    return [" > ".join(category[: i + 1]) for i in range(len(category))]
+
+
+def normalize_category(text: str) -> str:
+    """``" Apparel/topwear "`` -> ``"apparel > topwear"``: the form ``category_keys`` holds."""
+    return " > ".join(part.strip().lower() for part in text.replace("/", ">").split(">") if part.strip())
+
+
+def category_keys(category: Sequence[str]) -> list[str]:
+    levels = [level.strip().lower() for level in category if level.strip()]
+    return sorted(set(levels) | {normalize_category(path) for path in category_prefixes(levels)})
+
+
+def attribute_term(key: str, value: str) -> str:
+    return f"{key.strip().lower()}={value.strip().lower()}"
+
+
+def with_derived_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload as stored: the product's fields plus the two derived filter fields."""
+    attributes = payload.get("attributes") or {}
+    return {
+        **payload,
+        "category_keys": category_keys(payload.get("category") or []),
+        "attribute_terms": sorted(attribute_term(k, str(v)) for k, v in attributes.items()),
+    }
+
+
+def without_derived_fields(payload: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (payload or {}).items() if k not in DERIVED_FIELDS}
+
+
+def tokens(text: str) -> list[str]:
+    return TOKEN.findall(text.lower())
+
+
+def token_index(token: str) -> int:
+    """A stable 31-bit index per token (crc32), the same in every process and on every engine."""
+    return zlib.crc32(token.encode("utf-8")) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+
+def keyword_document(payload: Mapping[str, Any]) -> SparseVector | None:
+    """BM25-style term weights of title, description and attribute values (None: no words)."""
+    attributes = payload.get("attributes") or {}
+    words = tokens(" ".join([str(payload.get("title") or ""), str(payload.get("description") or ""),
+                             *map(str, attributes.values())]))
+    if not words:
+        return None
+    counts = Counter(token_index(word) for word in words)
+    norm = BM25_K1 * (1 - BM25_B + BM25_B * len(words) / BM25_AVG_LEN)
+    indices = sorted(counts)
+    return SparseVector(tuple(indices), tuple(counts[i] * (BM25_K1 + 1) / (counts[i] + norm) for i in indices))
+
+
+def keyword_query(text: str) -> SparseVector | None:
+    indices = sorted({token_index(word) for word in tokens(text)})
+    return SparseVector(tuple(indices), tuple(1.0 for _ in indices)) if indices else None
+
+
+@dataclass(frozen=True)
+class ProductPoint:
+    """One product as the pipeline writes it: named dense vectors (only those it has) and payload."""
+
+    product_id: str
+    vectors: dict[str, np.ndarray]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """A product as stored: ``vector`` holds the named dense vectors asked for, as lists."""
+
+    product_id: str
+    payload: dict[str, Any]
+    vector: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """What the pipeline needs to know of a stored product to order and skip work."""
+
+    version: int
+    fingerprint: str | None = None  # None: a tombstone, not a live point
+    modalities: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    product_id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """A filter in engine-neutral form: every ``match`` key has one of its values, every range
+    holds (bounds inclusive), and no point of ``exclude_ids`` is returned."""
+
+    match: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    ranges: tuple[tuple[str, float | None, float | None], ...] = ()
+    exclude_ids: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.match or self.ranges or self.exclude_ids)
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    category: str | None = None  # any level or path prefix, case-insensitive: "apparel", "Apparel > Topwear"
+    price_min: float | None = None
+    price_max: float | None = None
+    attributes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # key -> any of, case-insensitive
+    modalities: tuple[str, ...] = ()  # the product has all of these
+    exclude_product_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError(f"price_min ({self.price_min}) is greater than price_max ({self.price_max})")
+
+    def conditions(self, exclude: Sequence[str] = ()) -> Conditions:
+        match: list[tuple[str, tuple[str, ...]]] = []
+        if self.category and normalize_category(self.category):
+            match.append(("category_keys", (normalize_category(self.category),)))
+        for key, values in self.attributes.items():
+            values = (values,) if isinstance(values, str) else tuple(values)
+            match.append(("attribute_terms", tuple(attribute_term(key, value) for value in values)))
+        match.extend(("modalities", (modality,)) for modality in self.modalities)
+        ranges = ((("price", self.price_min, self.price_max),)
+                  if self.price_min is not None or self.price_max is not None else ())
+        excluded = tuple(dict.fromkeys(point_id(pid) for pid in (*self.exclude_product_ids, *exclude)))
+        return Conditions(tuple(match), ranges, excluded)
+
+
+# Queries an engine answers, in engine-neutral form.
+@dataclass(frozen=True)
+class Nearest:
+    using: str
+    vector: np.ndarray | SparseVector
+
+
+@dataclass(frozen=True)
+class Recommend:
+    """Best-score recommendation: near any positive, away from the negatives."""
+
+    using: str
+    positives: tuple[np.ndarray, ...]
+    negatives: tuple[np.ndarray, ...] = ()
+
+
+Query = Nearest | Recommend

@@ -1,0 +1,160 @@
+"""``shelfstream bench --store``: the product store alone, Qdrant Edge against qdrant-client's
+local mode, side by side in one run on the same machine.
+
+Points have the real schema (named vectors text 384, image 1280, fused 1664, the keywords sparse
+vector, the pipeline's payload keys) with random unit vectors: this measures the store, not the
+encoders. Queries are timed one at a time, as a query API issues them:
+
+- ``query``: top-10 on ``fused``; ``filtered_query``: with a category (any level), then with a
+  price range; ``similar``: what the worker's similar-item query does (the product's vector from
+  the alias, then top-10 with itself excluded), in-process, without the HTTP hop.
+- Edge is measured before any HNSW (brute force, what the worker serves from: see README), then
+  ``index_build_s`` times ``optimize()`` (HNSW on ``fused``) and ``hnsw_*`` re-measure.
+- Local mode answers the same queries, fewer of them (it takes ~1 s each at 44k).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from streams.adapters.store import ProductPoint, ProductStore, SearchFilters, category_prefixes
+from streams.settings import Settings
+
+DIMS = {"text": 384, "image": 1280, "fused": 1664}
+BATCH = 256
+QUERIES = 200
+LOCAL_QUERIES = 10
+MASTERS = ["Apparel", "Footwear", "Accessories", "Personal Care", "Free Items", "Sporting Goods", "Home"]
+SUBS = [f"Sub{i}" for i in range(45)]
+COLOURS = ["Blue", "Black", "White", "Red", "Green", "Grey", "Brown", "Navy Blue"]
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def make_points(n: int, seed: int = 0) -> list[ProductPoint]:
+    rng = np.random.default_rng(seed)
+    vectors = {name: _unit(rng, n, dim) for name, dim in DIMS.items()}
+    points = []
+    for i in range(n):
+        category = [MASTERS[i % len(MASTERS)], SUBS[i % len(SUBS)], f"Type{i % 141}"]
+        colour = COLOURS[i % len(COLOURS)]
+        payload = {
+            "product_id": str(i), "version": 1, "title": f"{colour} {category[2]} {i}",
+            "description": f"a {colour.lower()} product of {category[1]}", "attributes": {"colour": colour},
+            "category": category, "category_path": category_prefixes(category), "price": float(rng.uniform(1, 5000)),
+            "currency": "INR", "image_uris": [f"images/{i}.jpg"], "video_uri": None, "event_time": 0.0,
+            "indexed_at": 0.0, "modalities": ["image", "text"], "errors": {},
+            "model_version": {"text": "bench", "image": "bench", "fusion": "bench"}, "fingerprint": f"fp{i}",
+        }
+        points.append(ProductPoint(str(i), {name: v[i] for name, v in vectors.items()}, payload))
+    return points
+
+
+def _percentiles(timings: list[float]) -> tuple[float, float]:
+    ms = np.asarray(timings) * 1000
+    return round(float(np.percentile(ms, 50)), 2), round(float(np.percentile(ms, 95)), 2)
+
+
+def _time(calls: list[Callable[[], Any]]) -> list[float]:
+    timings = []
+    for call in calls:
+        started = time.perf_counter()
+        call()
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def measure_queries(store: ProductStore, n: int, queries: int, seed: int = 1) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    vectors = _unit(rng, queries, DIMS["fused"])
+    ids = [str(i) for i in rng.integers(0, n, queries)]
+
+    def similar(product_id: str) -> None:
+        vector = store.vector(product_id, "fused", collection=store.alias)
+        store.search("fused", vector, 10, SearchFilters(exclude_product_ids=(product_id,)))
+
+    plain = _time([lambda v=v: store.search("fused", v, 10) for v in vectors])
+    by_category = _time([lambda v=v, i=i: store.search("fused", v, 10, SearchFilters(category=SUBS[i % len(SUBS)]))
+                         for i, v in enumerate(vectors)])
+    by_price = _time([lambda v=v, i=i: store.search("fused", v, 10, SearchFilters(price_min=100.0 * (i % 40), price_max=100.0 * (i % 40) + 250))
+                      for i, v in enumerate(vectors)])
+    similars = _time([lambda p=p: similar(p) for p in ids])
+    p50, p95 = _percentiles(plain)
+    return {
+        "query_p50_ms": p50, "query_p95_ms": p95,
+        "filtered_category_p95_ms": _percentiles(by_category)[1], "filtered_price_p95_ms": _percentiles(by_price)[1],
+        "filtered_query_p95_ms": max(_percentiles(by_category)[1], _percentiles(by_price)[1]),
+        "similar_p50_ms": _percentiles(similars)[0], "similar_p95_ms": _percentiles(similars)[1],
+    }
+
+
+def _load(store: ProductStore, points: list[ProductPoint]) -> float:
+    started = time.perf_counter()
+    for i in range(0, len(points), BATCH):
+        store.upsert(points[i:i + BATCH])
+    return len(points) / (time.perf_counter() - started)
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_store_bench(settings: Settings, n: int, quiet: bool = False, local_mode: bool = True,
+                    optimize: bool = True) -> dict[str, Any]:
+    say = (lambda *_: None) if quiet else (lambda *parts: print(*parts, file=sys.stderr, flush=True))
+    points = make_points(n)
+    result: dict[str, Any] = {"points": n}
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        root = Path(tmp)
+        edge_settings = dataclasses.replace(settings, qdrant_url="", qdrant_path=str(root / "edge"), collection="bench")
+        say(f"[1/3] Qdrant Edge: upsert {n} points in batches of {BATCH}")
+        rss = _rss_bytes()
+        store = ProductStore(edge_settings, DIMS, version="v1")
+        try:
+            result["store_upsert_points_per_s"] = round(_load(store, points))
+            result["memory_bytes_per_point"] = round((_rss_bytes() - rss) / n)
+            say(f"      {QUERIES} queries of each kind, brute force (no HNSW yet)")
+            result.update(measure_queries(store, n, QUERIES))
+            if optimize:
+                say("      optimize(): HNSW on fused")
+                started = time.perf_counter()
+                store.optimize()
+                result["index_build_s"] = round(time.perf_counter() - started, 1)
+                result.update({f"hnsw_{k}": v for k, v in measure_queries(store, n, QUERIES, seed=2).items()})
+        finally:
+            store.close()
+        result["bytes_per_point"] = round(_folder_bytes(root / "edge") / n)
+        if local_mode:
+            say(f"[2/3] qdrant-client local mode: upsert {n} points, {LOCAL_QUERIES} queries of each kind")
+            local_settings = dataclasses.replace(settings, qdrant_url=f"local:{root / 'local'}", collection="bench")
+            local = ProductStore(local_settings, DIMS, version="v1")
+            try:
+                result["local_mode_upsert_points_per_s"] = round(_load(local, points))
+                measured = measure_queries(local, n, LOCAL_QUERIES)
+            finally:
+                local.close()
+            result["local_mode_query_p95_ms"] = measured["query_p95_ms"]
+            result["local_mode_filtered_query_p95_ms"] = measured["filtered_query_p95_ms"]
+            result["local_mode_similar_p95_ms"] = measured["similar_p95_ms"]
+            result["speedup_over_local_mode"] = round(measured["query_p95_ms"] / max(result["query_p95_ms"], 1e-3), 1)
+        shutil.rmtree(root, ignore_errors=True)
+    say("[3/3] done")
+    return result
