@@ -177,6 +177,43 @@ class EncodedProduct:
     failures: Mapping[str, Failure]
 
 
+# -- the two stages that need no service: newest per product, plan against stored state ---------
+
+
+def newest_per_product(
+    parsed: Sequence[tuple[ProductEvent, IncomingMessage]], counts: Counter
+) -> dict[str, tuple[ProductEvent, IncomingMessage]]:
+    """Keep only the highest version of each product in the batch; count what is dropped."""
+    latest: dict[str, tuple[ProductEvent, IncomingMessage]] = {}
+    for event, message in parsed:
+        seen = latest.get(event.product_id)
+        if seen is None or event.version > seen[0].version:
+            if seen is not None:
+                counts["stale_skipped"] += 1
+            latest[event.product_id] = (event, message)
+        elif event.version == seen[0].version:
+            counts["duplicates"] += 1
+        else:
+            counts["stale_skipped"] += 1
+    return latest
+
+
+def plan_against(events: Sequence[ProductEvent], current: Mapping[str, StoredState]) -> Plan:
+    """Older than stored: stale. Same version: a duplicate, except that a delete wins a tie with
+    a live point. Otherwise delete or upsert."""
+    deletes, upserts, stale, duplicates = [], [], 0, 0
+    for event in events:
+        known = current.get(event.product_id)
+        if known is not None and event.version < known.version:
+            stale += 1
+        elif known is not None and event.version == known.version and not (
+                event.op == "delete" and known.fingerprint is not None):
+            duplicates += 1
+        else:
+            (deletes if event.op == "delete" else upserts).append(event)
+    return Plan(tuple(deletes), tuple(upserts), stale, duplicates)
+
+
 class Pipeline:
     def __init__(self, settings: Settings, encoders: Encoders, cache: FeatureCache, store: ProductStore,
                  tombstones: Tombstones) -> None:
@@ -191,7 +228,7 @@ class Pipeline:
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
         # read-decide-write of a batch and of a re-index page must not interleave, or an older
         # version could be written over a newer one between the check and the write
-        self._apply = threading.Lock()
+        self._applying = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Pipeline":
@@ -234,7 +271,7 @@ class Pipeline:
         """Bring the store up to date with ``events`` (at most one per product), planned against
         what is stored and the tombstones; per-product failures come back in ``failures``."""
         outcome = BatchOutcome()
-        with self._apply:
+        with self._applying:
             current = self._current([e.product_id for e in events])
             plan = plan_against(events, current)
             outcome.counts["stale_skipped"] += plan.stale
@@ -305,33 +342,28 @@ class Pipeline:
         """Fetch every image and video of the batch (downloads in parallel, local files inline:
         a thread hand-off costs more than reading a small file), bounded by the media limits,
         then fingerprint each product's content."""
-        wanted = [(event, uri, self.image_limits) for event in events for uri in event.image_uris[: self.settings.max_images]]
-        wanted += [(event, event.video_uri, self.video_limits) for event in events if event.video_uri]
+        wanted = [(i, "image", uri) for i, event in enumerate(events) for uri in event.image_uris[: self.settings.max_images]]
+        wanted += [(i, "video", event.video_uri) for i, event in enumerate(events) if event.video_uri]
 
-        def fetch(item: tuple[ProductEvent, str, MediaLimits]) -> Media | Failure:
-            uri = item[1]
+        def fetch(item: tuple[int, str, str]) -> Media | Failure:
+            _, modality, uri = item
             try:
-                data = fetch_bytes(uri, item[2])
+                data = fetch_bytes(uri, self.video_limits if modality == "video" else self.image_limits)
             except MediaError as exc:
                 return Failure(exc.code, f"{uri}: {exc}")
             return Media(uri, data, content_hash(data))
 
-        remote = [item for item in wanted if item[1].startswith(("http://", "https://"))]
-        downloaded = dict(zip(map(id, remote), self._io.map(fetch, remote)))
-        loaded = [(item, downloaded[id(item)] if id(item) in downloaded else fetch(item)) for item in wanted]
+        remote = [item for item in wanted if item[2].startswith(("http://", "https://"))]
+        downloaded = dict(zip(remote, self._io.map(fetch, remote)))
+        media: list[dict[str, list[Media | Failure]]] = [{"image": [], "video": []} for _ in events]
+        for item in wanted:  # in the event's order: the first image stays first
+            media[item[0]][item[1]].append(downloaded[item] if item in downloaded else fetch(item))
         fetched = []
-        for event in events:
-            images, video, failures = [], None, {}
-            for (owner, _, limits), result in loaded:
-                if owner is not event:
-                    continue
-                modality = "video" if limits is self.video_limits else "image"
-                if isinstance(result, Failure):
-                    failures.setdefault(modality, result)
-                elif modality == "video":
-                    video = result
-                else:
-                    images.append(result)
+        for event, loaded in zip(events, media):
+            images = [m for m in loaded["image"] if isinstance(m, Media)]
+            video = next((m for m in loaded["video"] if isinstance(m, Media)), None)
+            failures = {modality: next(f for f in results if isinstance(f, Failure))
+                        for modality, results in loaded.items() if any(isinstance(f, Failure) for f in results)}
             fetched.append(Fetched(event, tuple(images), video, failures, self._fingerprint(event, images, video)))
         return fetched
 
@@ -452,43 +484,6 @@ class Pipeline:
             "model_version": self.encoders.versions,
             "fingerprint": product.fingerprint,
         }
-
-
-# -- pure stages ----------------------------------------------------------------------------------
-
-
-def newest_per_product(
-    parsed: Sequence[tuple[ProductEvent, IncomingMessage]], counts: Counter
-) -> dict[str, tuple[ProductEvent, IncomingMessage]]:
-    """Keep only the highest version of each product in the batch; count what is dropped."""
-    latest: dict[str, tuple[ProductEvent, IncomingMessage]] = {}
-    for event, message in parsed:
-        seen = latest.get(event.product_id)
-        if seen is None or event.version > seen[0].version:
-            if seen is not None:
-                counts["stale_skipped"] += 1
-            latest[event.product_id] = (event, message)
-        elif event.version == seen[0].version:
-            counts["duplicates"] += 1
-        else:
-            counts["stale_skipped"] += 1
-    return latest
-
-
-def plan_against(events: Sequence[ProductEvent], current: Mapping[str, StoredState]) -> Plan:
-    """Older than stored: stale. Same version: a duplicate, except that a delete wins a tie with
-    a live point. Otherwise delete or upsert."""
-    deletes, upserts, stale, duplicates = [], [], 0, 0
-    for event in events:
-        known = current.get(event.product_id)
-        if known is not None and event.version < known.version:
-            stale += 1
-        elif known is not None and event.version == known.version and not (
-                event.op == "delete" and known.fingerprint is not None):
-            duplicates += 1
-        else:
-            (deletes if event.op == "delete" else upserts).append(event)
-    return Plan(tuple(deletes), tuple(upserts), stale, duplicates)
 
 
 def _stored_fingerprint(current: Mapping[str, StoredState], product: Fetched) -> str | None:
