@@ -49,7 +49,14 @@ def settings(services: dict, model_dir: Path, tmp_path: Path) -> Settings:
         collection=f"products_{run}",
         batch_size=16,
         batch_window_s=0.2,
+        web_port=free_port(),  # never another worker's API (tests of other checkouts run on this machine)
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from streams.worker.api import QueryService, create_api
 from streams.worker.pipeline import IncomingMessage, Pipeline
 
 CATALOG = Path(__file__).resolve().parents[3] / "demo" / "catalog"
-API_KEY = "test-key-4b1d"
 
 
 @pytest.fixture(scope="session")

@@ -169,7 +169,7 @@ def test_the_contract_is_published(api):
     document = api.get("/openapi.json").json()
     assert {"/v1/search/text", "/v1/search/image", "/v1/search/video", "/v1/search/similar", "/v1/recommend",
             "/v1/search/batch", "/v1/products/{product_id}", "/v1/reindex", "/v1/stats", "/v1/stats/reset",
-            "/health"} <= set(document["paths"])
+            "/v1/backup", "/health"} <= set(document["paths"])
     assert set(document["components"]["schemas"]["Filter"]["properties"]) == {
         "category", "price_min", "price_max", "attributes", "modalities", "exclude_product_ids"}
     assert api.get("/docs").status_code == 200
