@@ -19,13 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "demo" / "catalog"
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def settings(services: dict, model_dir: Path, tmp_path: Path) -> Settings:
     """Fresh topics, consumer group, Redis keys and Qdrant folder for each test."""
@@ -44,7 +37,6 @@ def settings(services: dict, model_dir: Path, tmp_path: Path) -> Settings:
         app_id=f"shelfstream-test-{run}",
         events_topic=f"test-{run}.events",
         interactions_topic=f"test-{run}.interactions",
-        web_port=free_port(),  # workers of parallel test runs on one machine must not answer each other
         dead_letter_topic=f"test-{run}.dead-letter",
         collection=f"products_{run}",
         batch_size=16,
