@@ -54,6 +54,7 @@ from exporters.metrics import (
     method_metrics,
     split_labels,
 )
+from exporters.shoppers import add_shopper_arguments
 
 LATE_FUSION_STEP = 0.1
 
@@ -210,6 +211,7 @@ def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-single-baseline", action="store_true",
                         help="skip training the best-single-modality baseline (needs torch)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_shopper_arguments(parser)
 
 
 def run_eval(args: argparse.Namespace, decoding: MediaDecoding = MediaDecoding()) -> dict[str, Any]:

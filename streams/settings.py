@@ -78,6 +78,15 @@ class Settings:
     max_image_uris: int = _knob(32, "most image URIs per event (the first max_images are encoded)")
     max_uri_chars: int = _knob(4_096, "longest image or video URI, characters")
     dead_letter_max_bytes: int = _knob(900_000, "a dead letter's original over this is cut to it (size and sha256 in headers)")
+    # shoppers: interactions, profiles, recommendations
+    interactions_topic: str = _knob("shelfstream.interactions", "topic of shopper interactions, keyed by user id")
+    interactions_retention_s: int = _knob(7 * 24 * 3600, "how long the interactions topic keeps records (retention.ms when shelfstream creates it)")
+    interaction_weights: str = _knob("view=1,click=2,add_to_cart=4,purchase=4,dislike=0",
+                                     "weight of each interaction kind in a profile (KIND=NUMBER,...; see the shopper evaluation)")
+    profile_half_life_s: float = _knob(3 * 24 * 3600.0, "an interaction counts half as much this long before the user's newest (0 = no decay)")
+    profile_ttl_s: int = _knob(90 * 24 * 3600, "a profile is forgotten this long after the user's last interaction, seconds (0 = never)")
+    profile_max_events: int = _knob(200, "interactions kept per user (the newest)")
+    profile_vector: str = _knob("fused", "named vector that profiles and recommendations use")
     # cache
     cache_ttl_s: int = _knob(30 * 24 * 3600, "lifetime of a cached modality vector, seconds (0 = forever)")
 

@@ -26,9 +26,11 @@ def idempotent_producer(settings: Settings, **overrides: object) -> Producer:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> None:
-    """Create the events topic (with ``settings.partitions``) and the dead-letter topic if absent."""
+    """Create the events and interactions topics (with ``settings.partitions``) and the dead-letter
+    topic if absent."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 2})  # one clear error, not a log per retry
-    wanted = {settings.events_topic: settings.partitions, settings.dead_letter_topic: 1}
+    wanted = {settings.events_topic: settings.partitions, settings.interactions_topic: settings.partitions,
+              settings.dead_letter_topic: 1}
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
@@ -37,7 +39,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> None:
             "start the embedded one with `shelfstream up` or set SHELFSTREAM_KAFKA_BOOTSTRAP"
         ) from None
     # replication: the broker's default (3 on a typical production cluster, 1 on the embedded one)
-    missing = [NewTopic(name, num_partitions=n) for name, n in wanted.items() if name not in existing]
+    configs = {settings.interactions_topic: {"retention.ms": str(int(settings.interactions_retention_s * 1000))}}
+    missing = [NewTopic(name, num_partitions=n, config=configs.get(name, {})) for name, n in wanted.items() if name not in existing]
     if not missing:
         return
     for future in admin.create_topics(missing, request_timeout=timeout_s).values():

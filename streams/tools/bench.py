@@ -6,7 +6,9 @@ Phases, each on products the previous phases did not see:
 2. end to end: publish N new products to Kafka, time until all N are in Qdrant;
 3. price-only updates of the same N products, PRICE_ROUNDS rounds (encoders must stay idle);
 4. freshness: new products published at a steady half of the measured end-to-end rate, event
-   time to visible in Qdrant, p50 and p99 (a burst would measure queueing, not freshness).
+   time to visible in Qdrant, p50 and p99 (a burst would measure queueing, not freshness);
+5. shopper profiles (``streams.tools.interactions.bench_profiles``): interaction throughput,
+   profile freshness under a steady load, recommendation latency.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from streams.adapters.cache import FeatureCache
 from streams.adapters.media import MediaLimits, fetch_bytes
 from streams.schema.events import ProductEvent
 from streams.settings import Settings
+from streams.tools.interactions import bench_profiles
 from streams.tools.publish import (
     EventPublisher,
     catalog_events,
@@ -65,7 +68,7 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
     warmup, measured, fresh = events[:WARMUP], events[WARMUP:WARMUP + n], events[WARMUP + n:]
 
     bench_settings = dataclasses.replace(settings, media_root=str(dataset))
-    say(f"[1/4] encoders alone on {n} products (batch {settings.batch_size})")
+    say(f"[1/5] encoders alone on {n} products (batch {settings.batch_size})")
     encoders = load_encoders(bench_settings)
     encoder_rate = measure_encoders(bench_settings, encoders, measured)
     say("      video: decode + sample + encode of a 5 s 320x240 clip")
@@ -78,6 +81,7 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
         bench_settings, state_dir=str(state_dir), kafka_bootstrap=services["kafka_bootstrap"],
         redis_url=services["redis_url"], qdrant_url="", qdrant_path=str(state_dir / "qdrant"),
         app_id=f"shelfstream-bench-{uuid.uuid4().hex[:8]}", events_topic=f"bench-{uuid.uuid4().hex[:8]}.events",
+        interactions_topic=f"bench-{uuid.uuid4().hex[:8]}.interactions",
     )
     FeatureCache(bench_settings.redis_url).client.flushdb()
     try:
@@ -85,10 +89,10 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
             publish_events(bench_settings, warmup)
             worker.wait_until(lambda s: s["points"] >= WARMUP, 300, "the worker to join and index the warm-up")
 
-            say(f"[2/4] end to end: {n} new products through Kafka, Faust, Redis and Qdrant")
+            say(f"[2/5] end to end: {n} new products through Kafka, Faust, Redis and Qdrant")
             e2e_rate = _timed_rate(bench_settings, worker, measured, lambda s: s["points"] >= WARMUP + n)
 
-            say(f"[3/4] price-only updates: {PRICE_ROUNDS} rounds over the same {n} products")
+            say(f"[3/5] price-only updates: {PRICE_ROUNDS} rounds over the same {n} products")
             updates = [e.derive(version=1 + r, price=round((e.price or 100.0) * (1 - r / 100), 2))
                        for r in range(1, PRICE_ROUNDS + 1) for e in measured]
             indexed = WARMUP + n + len(updates)
@@ -97,13 +101,16 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
             encoded_on_update = encoded_count(worker.stats()) - encoded_before
 
             pace = e2e_rate / 2
-            say(f"[4/4] freshness: {len(fresh)} new products at a steady {pace:.0f}/s")
+            say(f"[4/5] freshness: {len(fresh)} new products at a steady {pace:.0f}/s")
             worker.stats_reset()
             with EventPublisher(bench_settings) as publisher:
                 for event in fresh:
                     publisher.send_event(event.derive(event_time=time.time()))
                     time.sleep(1.0 / pace)
             stats = worker.wait_until(lambda s: s["points"] >= WARMUP + n + len(fresh), 300, "the freshness products")
+
+            say("[5/5] shopper profiles: interaction burst, profile freshness under steady load, recommendations")
+            profiles = bench_profiles(bench_settings, worker.wait_until, [e.product_id for e in measured])
     finally:
         stop_services(state_dir)
     return {
@@ -119,6 +126,7 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
         "freshness_p50_ms": round(stats["freshness_p50_ms"], 1),
         "freshness_p99_ms": round(stats["freshness_p99_ms"], 1),
         **{key: round(value, 1) for key, value in video.items()},
+        **profiles,
     }
 
 

@@ -72,9 +72,20 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     what.add_argument("--video", type=Path, help="a video file: matches products' videos and images")
     search.add_argument("--mode", choices=["dense", "keyword", "hybrid"],
                         help="text search: vectors, BM25 keywords or both fused (default SHELFSTREAM_SEARCH_MODE)")
-    recommend = _query_command(command("recommend", cmd_query, "products like the positives and unlike the negatives"))
-    recommend.add_argument("positive", nargs="+", help="ids of liked products")
+    recommend = _query_command(command("recommend", cmd_query, "products like the positives and unlike the negatives, "
+                                                               "or for a user (--user) from the live profile"))
+    recommend.add_argument("positive", nargs="*", help="ids of liked products")
     recommend.add_argument("--negative", nargs="*", default=[], help="ids of disliked products")
+    recommend.add_argument("--user", help="a user id: recommendations from the user's interactions")
+    recommend.add_argument("--diversity", type=float, default=0.0, help="with --user, 0..1: re-rank for variety (MMR)")
+
+    interactions = command("publish-interactions", cmd_publish_interactions,
+                           "publish shopper interactions from a CSV or JSONL file (keyed by user id)")
+    interactions.add_argument("file", type=Path)
+    interactions.add_argument("--mapping", help="column mapping: a JSON file or inline JSON (see README)")
+    interactions.add_argument("--limit", type=int, help="publish at most this many rows")
+    forget = command("forget-user", cmd_forget_user, "remove a user's profile, purchased and disliked sets")
+    forget.add_argument("user_id")
 
     letters = command("dead-letters", cmd_dead_letters, "show rejected events with their reasons (from the start of the topic)")
     letters.add_argument("-n", type=int, default=20, help="show at most this many (default 20)")
@@ -96,7 +107,8 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
 
     lazy = {
         "train": command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle"),
-        "eval": command("eval", cmd_eval, "evaluate text, image, early/late/learned/autoencoder fusion and baselines on the test split"),
+        "eval": command("eval", cmd_eval, "evaluate text, image, early/late/learned/autoencoder fusion and baselines on the test split; "
+                                     "--shoppers: recommendations for (simulated) users"),
     }
     command("reindex", cmd_reindex, "re-embed the served catalog with the configured models, then switch queries to it")
     for name, help_text in (("backup", "snapshot the product store into DIR (Edge shards, or the server's snapshot API)"),
@@ -169,6 +181,20 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
     print(report.line(settings.events_topic))
 
 
+def cmd_publish_interactions(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.interactions import load_interaction_mapping, publish_interactions_file
+
+    report = publish_interactions_file(settings, args.file, load_interaction_mapping(args.mapping), args.limit)
+    print(report.line(settings.interactions_topic))
+
+
+def cmd_forget_user(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.interactions import forget_user
+
+    forgotten = forget_user(settings, args.user_id)
+    print(f"user {args.user_id!r}: " + ("profile and sets removed" if forgotten else "nothing stored"))
+
+
 def _query_command(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Paging, filters and output of every query command: the API's query fields, flag for flag."""
     sub.add_argument("-k", "--limit", dest="limit", type=int, default=10, help="how many results (default 10)")
@@ -200,7 +226,13 @@ def query_from_args(args: argparse.Namespace) -> dict[str, Any]:
                              "filter": {k: v for k, v in filters.items() if v not in (None, [], {})} or None}
     if args.command == "similar":
         query.update(type="similar", product_id=args.product_id)
+    elif args.command == "recommend" and args.user is not None:
+        if args.positive or args.negative:
+            raise ValueError("recommend: give either --user or product ids, not both")
+        query.update(type="user", user_id=args.user, diversity=args.diversity)
     elif args.command == "recommend":
+        if not args.positive:
+            raise ValueError("recommend: give liked product ids, or --user ID")
         query.update(type="recommend", positive=args.positive, negative=args.negative)
     elif args.text is not None:
         query.update(type="text", text=args.text, mode=args.mode)
@@ -284,9 +316,15 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> None:
         run_attribute_eval(args, settings)
         return
     _require_export_extra(args)
+    decoding = _decoding(args, settings)
+    if args.shoppers or args.interactions:
+        from exporters.shoppers import run_shoppers_eval
+
+        run_shoppers_eval(args, settings.text_weight)
+        return
     from exporters.evaluate import run_eval
 
-    run_eval(args, _decoding(args, settings))
+    run_eval(args, decoding)
 
 
 def _decoding(args: argparse.Namespace, settings: Settings) -> Any:

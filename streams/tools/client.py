@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import quote
 
 import httpx
 from tqdm import tqdm
@@ -81,9 +82,12 @@ class Client:
         return response.json()
 
     def query(self, query: Mapping[str, Any]) -> dict[str, Any]:
-        """One query in the API's JSON form (``type`` says which endpoint); for ``image`` and
-        ``video`` the ``file`` field holds the bytes, uploaded as multipart."""
+        """One query in the API's JSON form (``type`` says which endpoint; ``user`` with a
+        ``user_id``: that user's recommendations); for ``image`` and ``video`` the ``file`` field
+        holds the bytes, uploaded as multipart."""
         body = {key: value for key, value in query.items() if key != "type"}
+        if query["type"] == "user":
+            return self.request("POST", f"{user_path(body.pop('user_id'))}/recommendations", json=body)
         if query["type"] in UPLOADS:
             data = {key: json.dumps(value) if key == "filter" else str(value)
                     for key, value in body.items() if key != "file" and value is not None}
@@ -93,6 +97,9 @@ class Client:
 
     def batch(self, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.request("POST", "/v1/search/batch", json={"queries": queries})["results"]
+
+    def forget_user(self, user_id: str) -> dict[str, Any]:
+        return self.request("DELETE", user_path(user_id))
 
     def product(self, product_id: str, vectors: bool = False) -> dict[str, Any]:
         return self.request("GET", f"/v1/products/{product_id}", params={"vectors": vectors})
@@ -105,6 +112,10 @@ class Client:
 
     def reindex_status(self) -> dict[str, Any]:
         return self.request("GET", "/v1/reindex")
+
+
+def user_path(user_id: str) -> str:
+    return f"/v1/users/{quote(user_id, safe='')}"
 
 
 def connect(settings: Settings, timeout_s: float = 60.0) -> Client:

@@ -103,9 +103,9 @@ class EventPublisher:
     """One idempotent producer for many sends; ``close`` waits until every event is acknowledged
     and raises if any was not."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, topic: str | None = None) -> None:
         ensure_topics(settings)
-        self.topic = settings.events_topic
+        self.topic = topic or settings.events_topic
         self.producer = idempotent_producer(settings)
         self.failures: list[str] = []
 
@@ -143,11 +143,11 @@ def publish_events(settings: Settings, events: Iterable[ProductEvent], total: in
 
 
 def publish_raw(settings: Settings, records: Iterable[tuple[bytes | None, bytes]], total: int | None = None,
-                progress: bool = False) -> PublishReport:
-    """Produce (key, value) records to the events topic and wait until every one is acknowledged."""
+                progress: bool = False, topic: str | None = None) -> PublishReport:
+    """Produce (key, value) records to the events topic (or ``topic``) and wait until every one is acknowledged."""
     started = time.perf_counter()
     count = 0
-    with EventPublisher(settings) as publisher:
+    with EventPublisher(settings, topic) as publisher:
         for key, value in tqdm(records, total=total, unit="event", disable=not progress, file=sys.stderr):
             publisher.send(key, value)
             count += 1

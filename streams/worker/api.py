@@ -18,7 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, Security, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, Security, UploadFile
+from fastapi import Path as UrlPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -27,11 +28,14 @@ from pydantic import Base64Bytes
 from starlette.concurrency import run_in_threadpool
 
 from encoders_onnx.decoding import MediaError
+from streams.adapters.profiles import UserProfiles
 from streams.adapters.store import ProductStore, SearchFilters
 from streams.settings import Settings
 from streams.worker.encoders import load_encoders
+from streams.worker.recommend import Recommender
 from streams.worker.reindex import ReindexJob
 from streams.worker.search import ExplainedHit, Page, QueryError, Searcher, TextMode, UnknownProduct
+from streams.worker.profiles import ProfileConfig
 
 log = logging.getLogger("shelfstream.api")
 
@@ -40,6 +44,7 @@ MAX_LIMIT = 100
 MAX_OFFSET = 10_000
 MAX_BATCH = 16
 ProductId = Annotated[str, Field(min_length=1, max_length=256, description="a product id as published")]
+UserId = Annotated[str, UrlPath(min_length=1, max_length=256, description="a user id as in the interactions")]
 
 
 class Backend(Protocol):
@@ -55,6 +60,8 @@ class Backend(Protocol):
     def start_reindex(self) -> ReindexJob: ...
     def reindex_status(self) -> ReindexJob: ...
     def backup(self, directory: Path, restore: bool) -> list[str]: ...
+    def recommender(self) -> Recommender: ...
+    def forget_user(self, user_id: str) -> bool: ...
 
 
 class NotServedHere(RuntimeError):
@@ -133,6 +140,26 @@ class ImageQuery(QueryBase):
 class VideoQuery(QueryBase):
     type: Literal["video"] = "video"
     video_b64: Base64Bytes = Field(description="the video file, base64")
+
+
+class UserRecommendQuery(QueryBase):
+    diversity: float = Field(0.0, ge=0.0, le=1.0, description="0: nearest the profile; up to 1: re-ranked for variety (MMR)")
+
+
+class UserRecommendations(BaseModel):
+    user_id: str
+    source: Literal["profile", "popular", "none"] = Field(
+        description="profile: the user's interactions; popular: cold start (nearest the most-interacted products); "
+                    "none: no interactions anywhere yet")
+    hits: list[SearchHit]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class ForgottenUser(BaseModel):
+    user_id: str
+    forgotten: bool = Field(description="false when nothing was stored for this user")
 
 
 AnyQuery = Annotated[TextQuery | SimilarQuery | RecommendQuery | ImageQuery | VideoQuery, Field(discriminator="type")]
@@ -236,6 +263,18 @@ def answer(searcher: Searcher, query: AnyQuery) -> SearchResults:
     )
 
 
+def recommend_for_user(recommender: Recommender, user_id: str, query: UserRecommendQuery) -> UserRecommendations:
+    """The user's recommendations; a page is cut from the first ``offset + limit``."""
+    result = recommender.recommend(user_id, query.offset + query.limit, query.filters(), query.diversity)
+    page = result.hits[query.offset:]
+    if query.score_threshold is not None:
+        page = [hit for hit in page if hit.score >= query.score_threshold]
+    hits = [_hit(rank, ExplainedHit(hit.product_id, hit.score, "cosine", hit.payload))
+            for rank, hit in enumerate(page, start=query.offset + 1)]
+    return UserRecommendations(user_id=user_id, source=result.source, hits=hits, limit=query.limit, offset=query.offset,
+                               next_offset=query.offset + query.limit if len(hits) == query.limit else None)
+
+
 def _hit(rank: int, hit: ExplainedHit) -> SearchHit:
     product = Product.from_payload({**hit.payload, "product_id": hit.product_id})
     return SearchHit(**product.model_dump(), rank=rank, score=round(hit.score, 6), score_kind=hit.score_kind,
@@ -320,6 +359,32 @@ def create_api(backend: Backend) -> FastAPI:
         stored = record.vector if vectors and isinstance(record.vector, dict) else None
         return ProductRecord(**Product.from_payload(record.payload).model_dump(), payload=record.payload,
                              vectors={name: list(map(float, v)) for name, v in stored.items()} if stored else None)
+
+    @v1.get("/users/{user_id}/recommendations", tags=["users"])
+    def user_recommendations(user_id: UserId, limit: int = Query(10, ge=1, le=MAX_LIMIT),
+                             offset: int = Query(0, ge=0, le=MAX_OFFSET), diversity: float = Query(0.0, ge=0.0, le=1.0),
+                             category: str | None = Query(None, min_length=1, max_length=300),
+                             price_min: float | None = Query(None, ge=0), price_max: float | None = Query(None, ge=0),
+                             ) -> UserRecommendations:
+        """Products nearest the user's live profile, never one the user purchased or disliked
+        (the POST form takes every filter)."""
+        try:
+            filters = Filter(category=category, price_min=price_min, price_max=price_max)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False)) from None
+        query = UserRecommendQuery(limit=limit, offset=offset, diversity=diversity,
+                                   filter=filters if filters.model_dump(exclude_defaults=True) else None)
+        return recommend_for_user(backend.recommender(), user_id, query)
+
+    @v1.post("/users/{user_id}/recommendations", tags=["users"])
+    def user_recommendations_post(user_id: UserId, query: UserRecommendQuery) -> UserRecommendations:
+        return recommend_for_user(backend.recommender(), user_id, query)
+
+    @v1.delete("/users/{user_id}", tags=["users"])
+    def forget_user(user_id: UserId) -> ForgottenUser:
+        """Delete the user's interactions, profile and purchased/disliked sets (see the README for
+        what the interactions topic still holds)."""
+        return ForgottenUser(user_id=user_id, forgotten=backend.forget_user(user_id))
 
     @v1.get("/stats", tags=["service"])
     async def stats() -> dict[str, Any]:
@@ -408,6 +473,9 @@ class QueryService:
         self.started_at = time.time()
         self.encoders = load_encoders(settings)
         self.store = ProductStore(settings, self.encoders.fusion.dims, self.encoders.fusion.version)
+        self.profiles = UserProfiles(settings.redis_url, settings.profile_ttl_s, settings.profile_max_events)
+        self.profile_config = ProfileConfig.parse(settings.interaction_weights, settings.profile_half_life_s,
+                                                  settings.profile_vector)
 
     def searcher(self) -> Searcher:
         return Searcher(self.store, self.encoders, self.settings.max_image_pixels,
@@ -429,5 +497,12 @@ class QueryService:
     def backup(self, directory: Path, restore: bool) -> list[str]:
         return backup_store(self.store, directory, restore)
 
+    def recommender(self) -> Recommender:
+        return Recommender(self.store, self.profiles, self.profile_config)
+
+    def forget_user(self, user_id: str) -> bool:
+        return self.profiles.forget(user_id)
+
     def close(self) -> None:
         self.store.close()
+        self.profiles.close()

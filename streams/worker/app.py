@@ -23,9 +23,11 @@ import faust
 import uvicorn
 
 from streams.adapters.kafka import ensure_topics
+from streams.adapters.profiles import UserProfiles
 from streams.adapters.store import ProductStore
 from streams.settings import Settings
 from streams.worker.api import backup_store, create_api
+from streams.worker.interactions import apply_interactions
 from streams.worker.pipeline import (
     SERVICE_ERRORS,
     BatchOutcome,
@@ -34,6 +36,8 @@ from streams.worker.pipeline import (
     Pipeline,
     Stats,
 )
+from streams.worker.profiles import ProfileConfig
+from streams.worker.recommend import Recommender
 from streams.worker.reindex import ReindexJob, start_in_background
 from streams.worker.search import Searcher
 
@@ -97,6 +101,9 @@ class WorkerState:
         # a batch's points and its counts become visible together: /stats never shows one without the other
         self._batch = threading.Lock()
         self.reindex_job = ReindexJob()
+        self.profiles = UserProfiles(settings.redis_url, settings.profile_ttl_s, settings.profile_max_events)
+        self.profile_config = ProfileConfig.parse(settings.interaction_weights, settings.profile_half_life_s,
+                                                  settings.profile_vector)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -105,6 +112,13 @@ class WorkerState:
             if self._pipeline is None:
                 self._pipeline = Pipeline.from_settings(self.settings)
             return self._pipeline
+
+    def apply_interactions(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+        """Apply a batch of interactions to the users' histories and count it."""
+        outcome = apply_interactions(messages, self.profiles, self.pipeline.store)
+        with self._batch:  # the indexing agent's thread adds to the same counters
+            self.stats.add(outcome)
+        return outcome
 
     def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
         """Process a batch and count it, as one step for ``status`` (the dead-letter policy is
@@ -145,6 +159,8 @@ def create_app(settings: Settings) -> faust.App:
     )
     worker = WorkerState(settings)
     events = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    interactions = app.topic(settings.interactions_topic, key_serializer="raw", value_serializer="raw",
+                             partitions=settings.partitions)
     dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw", partitions=1)
 
     @app.agent(events)
@@ -152,13 +168,17 @@ def create_app(settings: Settings) -> faust.App:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: worker.pipeline)  # load models before the first batch
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            messages = [
-                IncomingMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
-                for e in batch
-            ]
+            messages = _incoming(batch)
             outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages))
             await _with_retry(lambda: _send_dead_letters(dead_letters, outcome.dead_letters, settings.dead_letter_max_bytes))
             log.info("batch of %d: %s", len(messages), dict(outcome.counts))
+
+    @app.agent(interactions)
+    async def update_profiles(stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.apply_interactions, _incoming(batch)))
+            await _with_retry(lambda: _send_dead_letters(dead_letters, outcome.dead_letters, settings.dead_letter_max_bytes))
 
     @app.on_partitions_assigned.connect
     async def shorten_fetch_wait(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
@@ -166,6 +186,11 @@ def create_app(settings: Settings) -> faust.App:
 
     _serve_query_api(app, worker)
     return app
+
+
+def _incoming(batch: Sequence[Any]) -> list[IncomingMessage]:
+    return [IncomingMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
+            for e in batch]
 
 
 def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
@@ -237,6 +262,12 @@ class WorkerBackend:
 
     def backup(self, directory: Path, restore: bool) -> list[str]:
         return backup_store(self.worker.pipeline.store, directory, restore)
+
+    def recommender(self) -> Recommender:
+        return Recommender(self.worker.pipeline.store, self.worker.profiles, self.worker.profile_config)
+
+    def forget_user(self, user_id: str) -> bool:
+        return self.worker.profiles.forget(user_id)
 
 
 class EmbeddedServer(uvicorn.Server):

@@ -36,6 +36,7 @@ def settings(services: dict, model_dir: Path, tmp_path: Path) -> Settings:
         media_root=str(media_root),
         app_id=f"shelfstream-test-{run}",
         events_topic=f"test-{run}.events",
+        interactions_topic=f"test-{run}.interactions",
         dead_letter_topic=f"test-{run}.dead-letter",
         collection=f"products_{run}",
         batch_size=16,

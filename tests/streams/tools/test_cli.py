@@ -19,8 +19,8 @@ from streams.tools.cli import build_parser, main, query_from_args
 from streams.tools.client import format_table
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "serve", "publish", "similar", "search", "recommend", "export",
-            "bench", "demo",
-            "make-videos", "train", "eval", "reindex", "dead-letters", "backup", "restore"]
+            "bench", "demo", "make-videos", "train", "eval", "reindex", "dead-letters", "backup", "restore",
+            "publish-interactions", "forget-user"]
 
 
 @pytest.fixture(autouse=True)
