@@ -190,21 +190,29 @@ def consumer_lag(settings: Settings, group: str, topic: str, timeout_s: float = 
     offsets come from ``end_offsets`` (read, not trusted from the watermark).
     """
     ends = end_offsets(settings, topic, timeout_s)
-    if not ends:
-        return []
+    committed = committed_offsets(settings, group, topic, list(ends), timeout_s)
+    return [PartitionLag(topic, p, offset, low, ends[p]) for p, (offset, low) in sorted(committed.items())]
+
+
+def committed_offsets(settings: Settings, group: str, topic: str, partitions: list[int],
+                      timeout_s: float = 30.0) -> dict[int, tuple[int | None, int]]:
+    """Per partition: the offset ``group`` committed (None before its first commit) and the
+    partition's low offset (where the group starts without a commit)."""
+    if not partitions:
+        return {}
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
                          "enable.auto.commit": False, "log_level": 2})
     try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in sorted(ends)], timeout=timeout_s)
-        lows = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout_s)[0] for p in committed}
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
+        return {
+            # a negative offset is OFFSET_INVALID: no commit yet
+            tp.partition: (tp.offset if tp.offset >= 0 else None, consumer.get_watermark_offsets(tp, timeout=timeout_s)[0])
+            for tp in committed
+        }
     except KafkaException as exc:
         raise _unreachable(settings, exc) from None
     finally:
         consumer.close()
-    return [
-        PartitionLag(topic, p.partition, p.offset if p.offset >= 0 else None, lows[p.partition], ends[p.partition])
-        for p in committed  # a negative offset is OFFSET_INVALID: no commit yet
-    ]
 
 
 def _partitions(settings: Settings, consumer: Consumer, topic: str, timeout_s: float) -> list[int]:

@@ -164,7 +164,8 @@ class LagCollector(Collector):
                                 labels=labels)
         for item in lags:
             key = [item.topic, str(item.partition)]
-            committed.add_metric(key, item.committed)
+            if item.committed is not None:  # no commit yet: no series, rather than a made-up 0
+                committed.add_metric(key, item.committed)
             end.add_metric(key, item.end)
             lag.add_metric(key, item.lag)
         yield from (committed, end, lag)
