@@ -1,4 +1,5 @@
-"""Redis, owned here: per-modality feature vectors addressed by content, and delete tombstones.
+"""The feature cache in Redis: per-modality vectors addressed by content (tombstones live in
+``tombstones.py``: they are correctness state, not cache).
 
 A feature key is ``shelfstream:feat:<model version>:<modality>:<sha256 of the content>``, so an
 update that leaves a modality's content unchanged finds its vector and never re-encodes it,
@@ -7,7 +8,7 @@ and a new model version never reads an old vector.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import redis
@@ -39,29 +40,9 @@ class FeatureCache:
             pipe.set(key, np.ascontiguousarray(vector, dtype=np.float32).tobytes(), ex=self.ttl_s or None)
         pipe.execute()
 
-    def tombstones(self, product_ids: Sequence[str]) -> dict[str, int]:
-        """The version at which each product was deleted, for products deleted and not re-created."""
-        if not product_ids:
-            return {}
-        raw = self.client.mget([_tombstone_key(pid) for pid in product_ids])
-        return {pid: int(value) for pid, value in zip(product_ids, raw) if value is not None}
-
-    def set_tombstones(self, versions: Mapping[str, int]) -> None:
-        """Remember deletes so that an older upsert replayed later cannot resurrect the product."""
-        if versions:
-            self.client.mset({_tombstone_key(pid): version for pid, version in versions.items()})
-
-    def clear_tombstones(self, product_ids: Iterable[str]) -> None:
-        keys = [_tombstone_key(pid) for pid in product_ids]
-        if keys:
-            self.client.delete(*keys)
-
     def ping(self) -> bool:
         return bool(self.client.ping())
 
     def close(self) -> None:
         self.client.close()
 
-
-def _tombstone_key(product_id: str) -> str:
-    return f"{PREFIX}:tombstone:{product_id}"

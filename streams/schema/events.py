@@ -1,14 +1,19 @@
 """The product event: a typed, versioned record, and strict parsing of untrusted bytes.
 
 The Kafka key is the product id, so one product's events stay ordered in one partition.
-Parsing never raises anything but ``EventError``, whose message becomes the dead-letter reason.
+Parsing never raises anything but ``EventError``, whose message becomes the dead-letter reason;
+every field is bounded (``EventLimits``), so a tiny hostile event cannot grow into a huge payload.
+The fields are declared once, on ``ProductEvent``: the publisher's mapping, the stored payload
+and re-indexing read them from there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -18,12 +23,51 @@ from encoders_onnx.text import encoder_text
 
 SCHEMA_VERSION = 1
 OPS = ("upsert", "delete")
-MAX_ID_LENGTH = 256
 CATEGORY_SEPARATORS = (" > ", ">", "/")
+MAX_VERSION = 2**63 - 1  # a signed 64-bit integer: every store and client can hold it
+INVALID = "invalid_event"
+OVER_LIMIT = "over_limit"
 
 
 class EventError(ValueError):
-    """An event that cannot be processed; the message says why (it goes to the dead-letter topic)."""
+    """An event that cannot be processed; the message says why (it goes to the dead-letter topic)
+    and ``code`` says what kind of failure it was (``invalid_event`` or ``over_limit``)."""
+
+    def __init__(self, message: str, code: str = INVALID) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    """Bounds on every field of an event. The names are those of the ``Settings`` knobs
+    (``SHELFSTREAM_MAX_TITLE_CHARS``, ...), so a dead letter names the knob to raise."""
+
+    max_event_bytes: int = 1_000_000
+    max_id_chars: int = 256
+    max_title_chars: int = 1_000
+    max_description_chars: int = 20_000
+    max_attributes: int = 100
+    max_attribute_key_chars: int = 100
+    max_attribute_value_chars: int = 1_000
+    max_category_levels: int = 10
+    max_category_level_chars: int = 200
+    max_image_uris: int = 32
+    max_uri_chars: int = 4_096
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "EventLimits":
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+
+    def check(self, knob: str, size: int, what: str) -> None:
+        """Raise an ``over_limit`` EventError naming the knob when ``size`` exceeds it."""
+        limit = getattr(self, knob)
+        if size > limit:
+            raise EventError(f"{what} is {size}, over the limit of {limit} (SHELFSTREAM_{knob.upper()})", OVER_LIMIT)
+
+
+DEFAULT_LIMITS = EventLimits()
+MAX_ID_LENGTH = DEFAULT_LIMITS.max_id_chars
 
 
 class ProductEvent(faust.Record, serializer="json"):
@@ -61,72 +105,122 @@ class ProductEvent(faust.Record, serializer="json"):
     def to_bytes(self) -> bytes:
         return json.dumps(self.asdict(), separators=(",", ":"), ensure_ascii=False).encode()
 
+    def stored_fields(self) -> dict[str, Any]:
+        """The fields a stored point keeps in its payload (re-indexing reads them back)."""
+        return {name: getattr(self, name) for name in STORED_FIELDS}
 
-def parse_event(raw: bytes | str | None) -> ProductEvent:
+
+# What a publisher maps from a catalog row, in declaration order (schema_version is implied).
+EVENT_FIELDS: tuple[str, ...] = tuple(name for name in ProductEvent._options.fields if name != "schema_version")
+# What a stored point's payload keeps of its event: everything but the operation.
+STORED_FIELDS: tuple[str, ...] = tuple(name for name in EVENT_FIELDS if name != "op")
+
+
+def parse_event(raw: bytes | str | None, limits: EventLimits = DEFAULT_LIMITS) -> ProductEvent:
     """Validate untrusted bytes into a ProductEvent, or raise EventError with the reason."""
     if raw is None or len(raw) == 0:
         raise EventError("empty message")
+    limits.check("max_event_bytes", len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw),
+                 "the event's size in bytes")
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EventError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise EventError("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise EventError(f"malformed JSON: {exc}") from None
     if not isinstance(data, dict):
         raise EventError(f"event must be a JSON object, got {type(data).__name__}")
-    return event_from_dict(data)
+    return event_from_dict(data, limits)
 
 
-def event_from_dict(data: Mapping[str, Any]) -> ProductEvent:
+def event_from_payload(payload: Mapping[str, Any]) -> ProductEvent:
+    """The upsert a stored point was written from (what re-indexing replays)."""
+    return event_from_dict({**{name: payload.get(name) for name in STORED_FIELDS}, "op": "upsert"})
+
+
+def event_from_dict(data: Mapping[str, Any], limits: EventLimits = DEFAULT_LIMITS) -> ProductEvent:
     schema_version = data.get("schema_version", SCHEMA_VERSION)
     if type(schema_version) is not int or schema_version != SCHEMA_VERSION:
         raise EventError(f"unsupported schema_version {schema_version!r} (supported: {SCHEMA_VERSION})")
     op = data.get("op")
     if op not in OPS:
         raise EventError(f"unknown op {op!r} (expected one of {', '.join(OPS)})")
-    product_id = _product_id(data.get("product_id"))
+    product_id = _product_id(data.get("product_id"), limits)
     version = data.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise EventError(f"field 'version' must be a non-negative integer, got {version!r}")
+        raise EventError(f"field 'version' must be a non-negative integer, got {_shown(version)}")
+    if version > MAX_VERSION:
+        raise EventError(f"field 'version' is {version}, over the limit of {MAX_VERSION} (2**63 - 1)", OVER_LIMIT)
     event_time = _event_time(data.get("event_time"))
     if op == "delete":
         return ProductEvent(op=op, product_id=product_id, version=version, event_time=event_time)
     title = _string(data, "title")
     if not title.strip():
         raise EventError("field 'title' is required for upsert and must not be blank")
+    limits.check("max_title_chars", len(title), "field 'title' length")
+    description = _string(data, "description")
+    limits.check("max_description_chars", len(description), "field 'description' length")
+    image_uris = _string_list(data.get("image_uris"), "image_uris")
+    limits.check("max_image_uris", len(image_uris), "the number of image_uris")
+    video_uri = _optional_string(data.get("video_uri"), "video_uri")
+    for uri in [*image_uris, *([video_uri] if video_uri else [])]:
+        limits.check("max_uri_chars", len(uri), "a media URI's length")
     return ProductEvent(
         op=op,
         product_id=product_id,
         version=version,
         title=title,
-        description=_string(data, "description"),
-        attributes=_attributes(data.get("attributes")),
-        category=parse_category(data.get("category")),
+        description=description,
+        attributes=_attributes(data.get("attributes"), limits),
+        category=parse_category(data.get("category"), limits),
         price=_price(data.get("price")),
         currency=_string(data, "currency"),
-        image_uris=_string_list(data.get("image_uris"), "image_uris"),
-        video_uri=_optional_string(data.get("video_uri"), "video_uri"),
+        image_uris=image_uris,
+        video_uri=video_uri,
         event_time=event_time,
     )
 
 
-def parse_category(value: Any) -> list[str]:
-    """A category path from a list or from one string like ``"Apparel > Topwear > Tshirts"``."""
+def parse_category(value: Any, limits: EventLimits = DEFAULT_LIMITS) -> list[str]:
+    """A category path from a list or from one string like ``"Apparel > Topwear > Tshirts"``
+    (the only place a category is split: the publisher and the catalog reader call this)."""
     if value is None or value == "":
         return []
     if isinstance(value, str):
-        for separator in CATEGORY_SEPARATORS:
-            if separator in value:
-                return [part.strip() for part in value.split(separator) if part.strip()]
-        return [value.strip()]
-    return [part.strip() for part in _string_list(value, "category") if part.strip()]
+        separator = next((s for s in CATEGORY_SEPARATORS if s in value), None)
+        parts = value.split(separator) if separator else [value]
+    else:
+        parts = _string_list(value, "category")
+    levels = [part.strip() for part in parts if part.strip()]
+    limits.check("max_category_levels", len(levels), "the category's depth")
+    for level in levels:
+        limits.check("max_category_level_chars", len(level), "a category level's length")
+    return levels
 
 
-def _product_id(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
+def _product_id(value: Any, limits: EventLimits) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_VERSION:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
-        raise EventError(f"field 'product_id' must be a non-empty string, got {value!r}")
-    if len(value) > MAX_ID_LENGTH:
-        raise EventError(f"field 'product_id' is longer than {MAX_ID_LENGTH} characters")
+        raise EventError(f"field 'product_id' must be a non-empty string, got {_shown(value)}")
+    limits.check("max_id_chars", len(value), "field 'product_id' length")
+    return _utf8(value, "product_id")
+
+
+def _shown(value: Any) -> str:
+    """``repr`` of an untrusted value, cut short: a reason must stay small."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**60 else f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _utf8(value: str, name: str) -> str:
+    """``value`` if it can be written as UTF-8 (JSON escapes can produce lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventError(f"field '{name}' holds a lone UTF-16 surrogate (not valid Unicode text)") from None
     return value
 
 
@@ -136,7 +230,7 @@ def _string(data: Mapping[str, Any], name: str) -> str:
         return ""
     if not isinstance(value, str):
         raise EventError(f"field '{name}' must be a string, got {type(value).__name__}")
-    return value
+    return _utf8(value, name)
 
 
 def _optional_string(value: Any, name: str) -> str | None:
@@ -144,29 +238,34 @@ def _optional_string(value: Any, name: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise EventError(f"field '{name}' must be a string, got {type(value).__name__}")
-    return value
+    return _utf8(value, name)
 
 
 def _string_list(value: Any, name: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [value] if value else []
+        return [_utf8(value, name)] if value else []
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise EventError(f"field '{name}' must be a list of strings")
-    return [item for item in value if item]
+    return [_utf8(item, name) for item in value if item]
 
 
-def _attributes(value: Any) -> dict[str, str]:
+def _attributes(value: Any, limits: EventLimits) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise EventError("field 'attributes' must be an object of strings")
+    limits.check("max_attributes", len(value), "the number of attributes")
     out: dict[str, str] = {}
     for key, item in value.items():
-        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise EventError(f"attribute {key!r} must be a string or number, got {type(item).__name__}")
-        out[str(key)] = str(item)
+        limits.check("max_attribute_key_chars", len(key), "an attribute name's length")
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)) or (
+                isinstance(item, float) and not math.isfinite(item)):
+            raise EventError(f"attribute {_shown(key)} must be a string or number, got {type(item).__name__}")
+        text = str(item)
+        limits.check("max_attribute_value_chars", len(text), f"attribute {_shown(key)}'s length")
+        out[_utf8(key, "attributes")] = _utf8(text, "attributes")
     return out
 
 
@@ -174,23 +273,27 @@ def _price(value: Any) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise EventError(f"field 'price' must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise EventError(f"field 'price' must be a finite non-negative number, got {value!r}")
-    return float(value)
+        raise EventError(f"field 'price' must be a number, got {_shown(value)}")
+    try:
+        price = float(value)
+    except OverflowError:
+        raise EventError(f"field 'price' must be a finite non-negative number, got {_shown(value)}") from None
+    if not math.isfinite(price) or price < 0:
+        raise EventError(f"field 'price' must be a finite non-negative number, got {_shown(value)}")
+    return price
 
 
 def _event_time(value: Any) -> float:
     """Epoch seconds from a number or an ISO-8601 string; now when absent."""
     if value is None:
         return time.time()
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        if isinstance(value, str):
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:  # a time without a zone is UTC, never the worker's local time
+            # a time without a zone is UTC, never the worker's local time
             return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
-    raise EventError(f"field 'event_time' must be epoch seconds or an ISO-8601 time, got {value!r}")
+    except (ValueError, OverflowError, OSError):
+        pass
+    raise EventError(f"field 'event_time' must be epoch seconds or an ISO-8601 time, got {_shown(value)}")

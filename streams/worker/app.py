@@ -9,22 +9,22 @@ batch reached Qdrant: the committed offset never passes an event that was not wr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
-from typing import Any, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import faust
-import httpx
-import redis
 from faust.web import Request, Response, View
-from qdrant_client.http.exceptions import ResponseHandlingException
 
 from encoders_onnx.decoding import MediaError
 from streams.adapters.kafka import ensure_topics
 from streams.adapters.store import ProductStore
 from streams.settings import Settings
 from streams.worker.pipeline import (
+    SERVICE_ERRORS,
     BatchOutcome,
     DeadLetter,
     IncomingMessage,
@@ -36,14 +36,50 @@ from streams.worker.search import QueryError, Searcher
 
 log = logging.getLogger("shelfstream.worker")
 
+T = TypeVar("T")
 REASON_HEADER = "shelfstream-reason"
+CODE_HEADER = "shelfstream-code"  # the failure's machine code (invalid_event, over_limit, not_found, ...)
 SOURCE_HEADER = "shelfstream-source"  # topic/partition/offset of the original event
-# Errors of the services themselves (Redis, Qdrant, the network): the batch is retried with
-# backoff until they come back, because committing past unwritten events would lose them.
-RETRY_FOREVER: tuple[type[BaseException], ...] = (
-    OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
-    ResponseHandlingException, httpx.TransportError,
-)
+# Set when the original was too large to forward whole: it is cut to the first bytes, and these
+# say how long it was and what its sha256 was, so an operator can match it with the source.
+ORIGINAL_SIZE_HEADER = "shelfstream-original-size"
+ORIGINAL_SHA256_HEADER = "shelfstream-original-sha256"
+MAX_REASON_BYTES = 2_000
+MAX_KEY_BYTES = 1_024
+
+
+class DeadLetterDeliveryError(Exception):
+    """The broker did not take a dead letter: the batch must not be committed, so it is retried."""
+
+
+# What makes the agent retry a batch (never commit past it) rather than move on.
+RETRIED: tuple[type[BaseException], ...] = (*SERVICE_ERRORS, DeadLetterDeliveryError)
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+
+
+def dead_letter_record(letter: DeadLetter, max_value_bytes: int) -> DeadLetterRecord:
+    """The original bytes with the reason, code and source position in headers; an original
+    over ``max_value_bytes`` is cut to that size, with its full size and sha256 in headers, so
+    that the producer never refuses a dead letter for its size."""
+    message = letter.message
+    value = message.value or b""
+    headers = {
+        REASON_HEADER: letter.reason.encode("utf-8", "replace")[:MAX_REASON_BYTES],
+        CODE_HEADER: letter.failure.code.encode(),
+        SOURCE_HEADER: f"{message.topic}/{message.partition}/{message.offset}".encode(),
+    }
+    if len(value) > max_value_bytes:
+        headers[ORIGINAL_SIZE_HEADER] = str(len(value)).encode()
+        headers[ORIGINAL_SHA256_HEADER] = hashlib.sha256(value).hexdigest().encode()
+        value = value[:max_value_bytes]
+    key = message.key[:MAX_KEY_BYTES] if message.key is not None else None
+    return DeadLetterRecord(key, value, headers)
 
 
 class WorkerState:
@@ -55,6 +91,8 @@ class WorkerState:
         self.started_at = time.time()
         self._pipeline: Pipeline | None = None
         self._loading = threading.Lock()
+        # a batch's points and its counts become visible together: /stats never shows one without the other
+        self._batch = threading.Lock()
         self.reindex_job = ReindexJob()
 
     @property
@@ -70,30 +108,20 @@ class WorkerState:
         return Searcher(self.pipeline.store, self.pipeline.encoders, self.settings.max_image_pixels)
 
     def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
-        """Process a batch; a batch that fails for a reason other than the services is split,
-        and an event that fails on its own becomes a dead letter, so nothing blocks the partition."""
-        try:
-            return self.pipeline.process(messages)
-        except RETRY_FOREVER:
-            raise
-        except Exception as exc:  # a bug or an input no check foresaw
-            if len(messages) == 1:
-                log.exception("event failed, dead-lettered")
-                outcome = BatchOutcome()
-                outcome.dead_letters.append(DeadLetter(messages[0], f"processing failed: {exc!r}"))
-                outcome.counts["dead_lettered"] += 1
-                return outcome
-            log.warning("batch of %d failed (%r); retrying one event at a time", len(messages), exc)
-            merged = BatchOutcome()
-            for message in messages:
-                merged.merge(self.process([message]))
-            return merged
+        """Process a batch and count it, as one step for ``status`` (the dead-letter policy is
+        ``Pipeline.process``'s)."""
+        with self._batch:
+            outcome = self.pipeline.process(messages)
+            self.stats.add(outcome)
+        return outcome
 
     def status(self, stats: Stats | None = None) -> dict[str, Any]:
         store: ProductStore = self.pipeline.store
+        with self._batch:
+            snapshot, points = (stats or self.stats).snapshot(), store.count()
         return {
-            **(stats or self.stats).snapshot(),
-            "points": store.count(),
+            **snapshot,
+            "points": points,
             "collection": store.collection,
             "model_version": self.pipeline.encoders.versions,
             "uptime_s": round(time.time() - self.started_at, 1),
@@ -110,7 +138,8 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_bind=settings.web_host,
         topic_partitions=settings.partitions,
-        # Join and rejoin in seconds instead of minutes (see ENVIRONMENT.md); fine on real Kafka too.
+        # Join and rejoin in seconds instead of minutes (the embedded broker rebalances slowly
+        # with Faust's defaults); fine on real Kafka too.
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
         broker_rebalance_timeout=20,
@@ -131,8 +160,7 @@ def create_app(settings: Settings) -> faust.App:
                 for e in batch
             ]
             outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages))
-            await _send_dead_letters(dead_letters, outcome.dead_letters)
-            worker.stats.add(outcome)
+            await _with_retry(lambda: _send_dead_letters(dead_letters, outcome.dead_letters, settings.dead_letter_max_bytes))
             log.info("batch of %d: %s", len(messages), dict(outcome.counts))
 
     @app.on_partitions_assigned.connect
@@ -154,29 +182,31 @@ def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
     fetcher._fetch_max_wait_ms = wait_ms
 
 
-async def _with_retry(attempt: Callable[[], Awaitable[BatchOutcome]], max_delay_s: float = 30.0) -> BatchOutcome:
+async def _with_retry(attempt: Callable[[], Awaitable[T]], max_delay_s: float = 30.0) -> T:
+    """``attempt`` until it succeeds; the batch's offsets are not committed meanwhile."""
     delay = 0.5
     while True:
         try:
             return await attempt()
-        except RETRY_FOREVER as exc:
-            log.warning("services unavailable (%r); retrying the batch in %.1f s", exc, delay)
+        except RETRIED as exc:
+            log.warning("%r; retrying in %.1f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay_s)
 
 
-async def _send_dead_letters(topic: faust.TopicT, letters: Sequence[DeadLetter]) -> None:
-    """The original bytes, unchanged, with the reason and the source position in headers; all
-    sent at once and all delivered before the batch's offsets are committed."""
-    deliveries = []
-    for letter in letters:
-        message = letter.message
-        headers = {
-            REASON_HEADER: letter.reason.encode(),
-            SOURCE_HEADER: f"{message.topic}/{message.partition}/{message.offset}".encode(),
-        }
-        deliveries.append(await topic.send(key=message.key, value=message.value or b"", headers=headers))
-    await asyncio.gather(*deliveries)
+async def _send_dead_letters(topic: faust.TopicT, letters: Sequence[DeadLetter], max_value_bytes: int) -> None:
+    """All sent at once and all delivered before the batch's offsets are committed; any failed
+    delivery raises ``DeadLetterDeliveryError`` (then all are sent again: duplicates, never losses)."""
+    try:
+        deliveries = []
+        for letter in letters:
+            record = dead_letter_record(letter, max_value_bytes)
+            deliveries.append(await topic.send(key=record.key, value=record.value, headers=record.headers))
+        await asyncio.gather(*deliveries)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise DeadLetterDeliveryError(f"{len(letters)} dead letters not delivered: {exc!r}") from exc
 
 
 def _add_query_api(app: faust.App, worker: WorkerState) -> None:

@@ -1,6 +1,10 @@
-"""One batch of product events, end to end: validate, order, load media, encode what the cache
-lacks, fuse, and write to Qdrant. The Faust agent calls ``Pipeline.process`` once per batch; the
-benchmark and the tests call it directly too.
+"""One batch of product events, end to end, in the order the stages run:
+
+    parse -> newest per product -> plan against stored state -> delete -> fetch and fingerprint
+    -> encode through the cache -> fuse -> write
+
+The Faust agent calls ``Pipeline.process`` once per batch (the benchmark and the tests call it
+directly too); re-indexing calls ``Pipeline.apply`` with events rebuilt from stored payloads.
 
 Correctness rules kept here, in one place:
 - the highest ``version`` per product wins; an older event is skipped and counted, a repeat of
@@ -9,38 +13,54 @@ Correctness rules kept here, in one place:
 - a modality whose content is unchanged is read from the cache, never re-encoded; an update
   whose content (text, image and video bytes, model versions) is unchanged rewrites only the
   payload: no cache read, no fusion, no vector write;
-- bad input never stops the batch: it becomes a dead letter with its reason.
+- bad input never stops the batch: a failure is a value (``Failure``) carried to the end, where
+  ``Pipeline.process`` turns it into a dead letter; only the services' own errors escape, so
+  the agent retries the batch instead of committing past unwritten events.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Mapping, Sequence, TypeAlias, TypeVar
 
+import httpx
 import numpy as np
+import redis
+from PIL import Image
 from qdrant_client import models
+from qdrant_client.http.exceptions import ResponseHandlingException
 
 from encoders_onnx.decoding import MediaError, load_image
 from encoders_onnx.fusion import MODALITIES, ModalityBatch
 from encoders_onnx.session import l2_normalize
 from streams.adapters.cache import FeatureCache, feature_key
 from streams.adapters.media import MediaLimits, content_hash, fetch_bytes
-from streams.adapters.store import (
-    ProductStore,
-    StoredState,
-    category_prefixes,
-    point_id,
-)
-from streams.schema.events import EventError, ProductEvent, event_from_dict, parse_event
+from streams.adapters.store import ProductStore, StoredState, category_prefixes, point_id
+from streams.adapters.tombstones import Tombstones
+from streams.schema.events import EventError, EventLimits, ProductEvent, parse_event
 from streams.settings import Settings
 from streams.worker.encoders import Encoders, load_encoders
 
+log = logging.getLogger("shelfstream.pipeline")
 T = TypeVar("T")
+
+# Errors of the services themselves (Redis, Qdrant, the network): the batch is retried with
+# backoff until they come back, because committing past unwritten events would lose them.
+SERVICE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+    ResponseHandlingException, httpx.TransportError,
+)
+PROCESSING_FAILED = "processing_failed"
+STORED_ERROR = "stored_media_error"  # a modality failure recorded when unchanged content was first encoded
+
+
+# -- values that flow through the stages ------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -55,15 +75,35 @@ class IncomingMessage:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """Why one item failed: ``code`` for machines (``invalid_event``, ``over_limit``, a media
+    error code such as ``not_found``, ``processing_failed``), ``reason`` for people."""
+
+    code: str
+    reason: str
+
+
+Encoded: TypeAlias = np.ndarray | Failure  # one item's result: its vector, or why there is none
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     message: IncomingMessage
-    reason: str
+    failure: Failure
+
+    @property
+    def reason(self) -> str:
+        return self.failure.reason
 
 
 @dataclass
 class BatchOutcome:
+    """What a batch did. ``failures`` are by product (``apply`` knows no messages);
+    ``process`` turns them into ``dead_letters``."""
+
     indexed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    failures: dict[str, list[Failure]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     freshness_ms: list[float] = field(default_factory=list)
@@ -71,6 +111,8 @@ class BatchOutcome:
     def merge(self, other: "BatchOutcome") -> None:
         self.indexed += other.indexed
         self.deleted += other.deleted
+        for product_id, failures in other.failures.items():
+            self.failures.setdefault(product_id, []).extend(failures)
         self.dead_letters += other.dead_letters
         self.counts.update(other.counts)
         self.freshness_ms += other.freshness_ms
@@ -96,8 +138,14 @@ class Stats:
         return {"counts": dict(self.counts), **freshness}
 
 
-REINDEXED_FIELDS = ("product_id", "version", "title", "description", "attributes", "category", "price",
-                    "currency", "image_uris", "video_uri", "event_time")
+@dataclass(frozen=True)
+class Plan:
+    """What to do with the newest event of each product, given what is stored."""
+
+    deletes: tuple[ProductEvent, ...] = ()
+    upserts: tuple[ProductEvent, ...] = ()
+    stale: int = 0
+    duplicates: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,29 +157,36 @@ class Media:
     digest: str
 
 
-@dataclass
-class _Product:
-    """An upsert on its way through the batch: its media, vectors, and why a modality failed."""
+@dataclass(frozen=True)
+class Fetched:
+    """An upsert with its media loaded and its content fingerprinted; ``failures`` holds each
+    modality's first failure (the payload and the dead letter carry it)."""
 
     event: ProductEvent
-    message: IncomingMessage
-    images: list[Media] = field(default_factory=list)  # those fetched
-    video: Media | None = None
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    fingerprint: str = ""
+    images: tuple[Media, ...]
+    video: Media | None
+    failures: Mapping[str, Failure]
+    fingerprint: str
 
-    def fail(self, modality: str, uri: str, reason: str) -> None:
-        """Note a modality's first failure (the payload and the dead letter carry it)."""
-        self.errors.setdefault(modality, f"{uri}: {reason}")
+
+@dataclass(frozen=True)
+class EncodedProduct:
+    """A fetched upsert with the vector of every modality that encoded."""
+
+    fetched: Fetched
+    vectors: Mapping[str, np.ndarray]
+    failures: Mapping[str, Failure]
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, encoders: Encoders, cache: FeatureCache, store: ProductStore) -> None:
+    def __init__(self, settings: Settings, encoders: Encoders, cache: FeatureCache, store: ProductStore,
+                 tombstones: Tombstones) -> None:
         self.settings = settings
         self.encoders = encoders
         self.cache = cache
         self.store = store
+        self.tombstones = tombstones
+        self.event_limits = EventLimits.from_settings(settings)
         self.image_limits = MediaLimits.for_images(settings)
         self.video_limits = MediaLimits.for_videos(settings)
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
@@ -143,210 +198,203 @@ class Pipeline:
     def from_settings(cls, settings: Settings) -> "Pipeline":
         """Load the models and connect to Redis and Qdrant as the settings say."""
         encoders = load_encoders(settings)
-        cache = FeatureCache(settings.redis_url, settings.cache_ttl_s)
-        return cls(settings, encoders, cache, ProductStore(settings, encoders.fusion.dims, encoders.fusion.version))
+        store = ProductStore(settings, encoders.fusion.dims, encoders.fusion.version)
+        return cls(settings, encoders, FeatureCache(settings.redis_url, settings.cache_ttl_s), store,
+                   Tombstones(settings.redis_url))
 
     def close(self) -> None:
         self._io.shutdown(wait=False)
         self.store.close()
         self.cache.close()
+        self.tombstones.close()
 
-    # -- the batch -----------------------------------------------------------------------------
+    # -- public entry points ----------------------------------------------------------------------
 
     def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
-        outcome = BatchOutcome()
-        latest = self._latest_per_product(messages, outcome)
-        with self._apply:
-            self._apply_latest(latest, outcome)
+        """A batch of raw messages, with the whole dead-letter policy: an invalid event, and each
+        failed modality of an indexed product, is a dead letter with its reason; a batch that
+        fails for a reason no check foresaw is rerun one message at a time so that only the
+        message that fails on its own is dead-lettered. The services' errors propagate."""
+        try:
+            outcome = self._process_batch(messages)
+        except SERVICE_ERRORS:
+            raise
+        except Exception as exc:  # a bug or an input no check foresaw
+            if len(messages) > 1:
+                log.warning("batch of %d failed (%r); retrying one event at a time", len(messages), exc)
+                outcome = BatchOutcome()
+                for message in messages:
+                    outcome.merge(self.process([message]))
+                return outcome
+            log.exception("event failed, dead-lettered")
+            outcome = BatchOutcome(dead_letters=[DeadLetter(messages[0], Failure(PROCESSING_FAILED, f"processing failed: {exc!r}"))])
         outcome.counts["dead_lettered"] += len(outcome.dead_letters)
         return outcome
 
-    def _apply_latest(self, latest: dict[str, tuple[ProductEvent, IncomingMessage]], outcome: BatchOutcome) -> None:
-        current = self._current(list(latest))
-        upserts: list[_Product] = []
-        deletes: dict[str, ProductEvent] = {}
-        for product_id, (event, message) in latest.items():
-            known = current.get(product_id)
-            if known is not None and event.version < known.version:
-                outcome.counts["stale_skipped"] += 1
-            elif known is not None and event.version == known.version and not (
-                    event.op == "delete" and known.fingerprint is not None):  # a delete wins a tie with a live point
-                outcome.counts["duplicates"] += 1
-            elif event.op == "delete":
-                deletes[product_id] = event
-            else:
-                upserts.append(_Product(event, message))
-
-        if deletes:
-            self.store.delete(list(deletes))
-            self.cache.set_tombstones({pid: e.version for pid, e in deletes.items()})
-            outcome.deleted.extend(deletes)
-            outcome.counts["deleted"] += len(deletes)
-        if upserts:
-            self._upsert(upserts, current, outcome)
+    def apply(self, events: Sequence[ProductEvent]) -> BatchOutcome:
+        """Bring the store up to date with ``events`` (at most one per product), planned against
+        what is stored and the tombstones; per-product failures come back in ``failures``."""
+        outcome = BatchOutcome()
+        with self._apply:
+            current = self._current([e.product_id for e in events])
+            plan = plan_against(events, current)
+            outcome.counts["stale_skipped"] += plan.stale
+            outcome.counts["duplicates"] += plan.duplicates
+            self._delete(plan.deletes, outcome)
+            if plan.upserts:
+                self._upsert(plan.upserts, current, outcome)
         now = time.time()
-        outcome.freshness_ms.extend(
-            (now - e.event_time) * 1000.0 for e in [*deletes.values(), *(p.event for p in upserts)]
-        )
+        outcome.freshness_ms.extend((now - e.event_time) * 1000.0 for e in [*plan.deletes, *plan.upserts])
+        return outcome
 
-    def _upsert(self, upserts: list[_Product], current: dict[str, StoredState], outcome: BatchOutcome) -> None:
-        """Unchanged content: rewrite the payload only. Changed: encode (cache first), fuse, write."""
-        self._load_media(upserts)
-        unchanged: list[_Product] = []
-        changed: list[_Product] = []
-        for product in upserts:
-            stored = current.get(product.event.product_id)
-            (unchanged if stored is not None and stored.fingerprint == product.fingerprint else changed).append(product)
-        if unchanged:
-            for product in unchanged:  # decode errors were found when the content was encoded: keep them
-                product.errors = {**current[product.event.product_id].errors, **product.errors}
-            self.store.overwrite_payloads(
-                {p.event.product_id: self._payload(p, current[p.event.product_id].modalities) for p in unchanged}
-            )
-            outcome.counts["payload_only"] += len(unchanged)
-        if changed:
-            self._encode(changed, outcome)
-            self._write(changed)
-        self.cache.clear_tombstones(p.event.product_id for p in upserts)
-        outcome.indexed.extend(p.event.product_id for p in upserts)
-        outcome.counts["indexed"] += len(upserts)
-        for product in upserts:
-            for modality, reason in product.errors.items():
-                outcome.dead_letters.append(DeadLetter(product.message, f"{modality}: {reason}"))
+    # -- the stages, in order ---------------------------------------------------------------------
 
-    def _latest_per_product(
-        self, messages: Sequence[IncomingMessage], outcome: BatchOutcome
-    ) -> dict[str, tuple[ProductEvent, IncomingMessage]]:
-        """Parse every message; keep only the highest version of each product in this batch."""
-        latest: dict[str, tuple[ProductEvent, IncomingMessage]] = {}
+    def _process_batch(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+        outcome = BatchOutcome()
+        parsed: list[tuple[ProductEvent, IncomingMessage]] = []
         for message in messages:
             try:
-                event = parse_event(message.value)
+                parsed.append((parse_event(message.value, self.event_limits), message))
             except EventError as exc:
-                outcome.dead_letters.append(DeadLetter(message, f"invalid event: {exc}"))
-                continue
-            outcome.counts["events"] += 1
-            seen = latest.get(event.product_id)
-            if seen is None or event.version > seen[0].version:
-                if seen is not None:
-                    outcome.counts["stale_skipped"] += 1
-                latest[event.product_id] = (event, message)
-            elif event.version == seen[0].version:
-                outcome.counts["duplicates"] += 1
-            else:
-                outcome.counts["stale_skipped"] += 1
-        return latest
+                outcome.dead_letters.append(DeadLetter(message, Failure(exc.code, f"invalid event: {exc}")))
+        outcome.counts["events"] += len(parsed)
+        latest = newest_per_product(parsed, outcome.counts)
+        outcome.merge(self.apply([event for event, _ in latest.values()]))
+        for product_id, failures in outcome.failures.items():
+            outcome.dead_letters += [DeadLetter(latest[product_id][1], failure) for failure in failures]
+        return outcome
 
     def _current(self, product_ids: list[str]) -> dict[str, StoredState]:
         """What is stored or was deleted: a tombstone newer than the point wins."""
         current = self.store.states(product_ids)
-        for product_id, version in self.cache.tombstones(product_ids).items():
+        for product_id, version in self.tombstones.versions(product_ids).items():
             if product_id not in current or version > current[product_id].version:
                 current[product_id] = StoredState(version)
         return current
 
-    # -- re-indexing -----------------------------------------------------------------------------
+    def _delete(self, deletes: Sequence[ProductEvent], outcome: BatchOutcome) -> None:
+        if deletes:
+            self.store.delete([e.product_id for e in deletes])
+            self.tombstones.record({e.product_id: e.version for e in deletes})
+            outcome.deleted.extend(e.product_id for e in deletes)
+            outcome.counts["deleted"] += len(deletes)
 
-    def reindex(self, source: str, progress: Callable[[int], None] = lambda done: None) -> Counter:
-        """Re-embed every product of another model version's collection into this version's,
-        from the cached raw features (re-encoding only what the cache lacks) and the media named
-        in the payloads; a product this version already holds at the same or a newer version
-        (written by a worker meanwhile) is left alone. The alias is not moved here."""
-        outcome = BatchOutcome()
-        done = 0
-        for page in self.store.pages(source, with_vectors=False):
-            events = [event_from_dict({**{k: r.payload.get(k) for k in REINDEXED_FIELDS}, "op": "upsert"})
-                      for r in page if r.payload]
-            with self._apply:
-                current = self._current([e.product_id for e in events])  # tombstones included
-                products = [_Product(e, IncomingMessage(None)) for e in events
-                            if e.product_id not in current or current[e.product_id].version < e.version]
-                outcome.counts["already_current"] += len(events) - len(products)
-                if products:
-                    self._load_media(products)
-                    self._encode(products, outcome)
-                    self._write(products)
-                    outcome.counts["reindexed"] += len(products)
-            done += len(page)
-            progress(done)
-        return outcome.counts
+    def _upsert(self, upserts: Sequence[ProductEvent], current: Mapping[str, StoredState], outcome: BatchOutcome) -> None:
+        """Unchanged content: rewrite the payload only. Changed: encode (cache first), fuse, write."""
+        fetched = self._fetch(upserts)
+        unchanged = [f for f in fetched if _stored_fingerprint(current, f) == f.fingerprint]
+        changed = [f for f in fetched if _stored_fingerprint(current, f) != f.fingerprint]
+        # unchanged content keeps the decode errors found when it was encoded
+        kept = [(f, {**_stored_failures(current[f.event.product_id]), **f.failures}) for f in unchanged]
+        if kept:
+            self.store.overwrite_payloads({
+                f.event.product_id: self._payload(f, current[f.event.product_id].modalities, failures) for f, failures in kept
+            })
+            outcome.counts["payload_only"] += len(kept)
+        encoded = self._encode(changed, outcome.counts)
+        self._write(encoded)
+        self.tombstones.clear(e.product_id for e in upserts)
+        outcome.indexed.extend(e.product_id for e in upserts)
+        outcome.counts["indexed"] += len(upserts)
+        for product, failures in [*kept, *((e.fetched, e.failures) for e in encoded)]:
+            if failures:
+                outcome.failures[product.event.product_id] = [
+                    Failure(f.code, f"{modality}: {f.reason}") for modality, f in failures.items()
+                ]
 
-    # -- media and features --------------------------------------------------------------------
-
-    def _load_media(self, products: list[_Product]) -> None:
+    def _fetch(self, events: Sequence[ProductEvent]) -> list[Fetched]:
         """Fetch every image and video of the batch (downloads in parallel, local files inline:
         a thread hand-off costs more than reading a small file), bounded by the media limits,
         then fingerprint each product's content."""
-        wanted: list[tuple[_Product, str, MediaLimits]] = []
-        for product in products:
-            wanted += [(product, uri, self.image_limits) for uri in product.event.image_uris[: self.settings.max_images]]
-            if product.event.video_uri:
-                wanted.append((product, product.event.video_uri, self.video_limits))
+        wanted = [(event, uri, self.image_limits) for event in events for uri in event.image_uris[: self.settings.max_images]]
+        wanted += [(event, event.video_uri, self.video_limits) for event in events if event.video_uri]
 
-        def fetch(item: tuple[_Product, str, MediaLimits]) -> tuple[bytes | None, str | None]:
-            return _attempt(fetch_bytes, item[1], item[2])
+        def fetch(item: tuple[ProductEvent, str, MediaLimits]) -> Media | Failure:
+            uri = item[1]
+            try:
+                data = fetch_bytes(uri, item[2])
+            except MediaError as exc:
+                return Failure(exc.code, f"{uri}: {exc}")
+            return Media(uri, data, content_hash(data))
 
         remote = [item for item in wanted if item[1].startswith(("http://", "https://"))]
         downloaded = dict(zip(map(id, remote), self._io.map(fetch, remote)))
-        for item in wanted:
-            product, uri, limits = item
-            data, error = downloaded[id(item)] if id(item) in downloaded else fetch(item)
-            modality = "video" if limits is self.video_limits else "image"
-            if error is not None:
-                product.fail(modality, uri, error)
-            elif modality == "video":
-                product.video = Media(uri, data, content_hash(data))
-            else:
-                product.images.append(Media(uri, data, content_hash(data)))
-        for product in products:
-            product.fingerprint = content_hash(json.dumps({
-                "models": self.encoders.versions,
-                "text": product.event.text,
-                "images": [media.digest for media in product.images],
-                "video": product.video.digest if product.video else None,
-            }, sort_keys=True).encode())
+        loaded = [(item, downloaded[id(item)] if id(item) in downloaded else fetch(item)) for item in wanted]
+        fetched = []
+        for event in events:
+            images, video, failures = [], None, {}
+            for (owner, _, limits), result in loaded:
+                if owner is not event:
+                    continue
+                modality = "video" if limits is self.video_limits else "image"
+                if isinstance(result, Failure):
+                    failures.setdefault(modality, result)
+                elif modality == "video":
+                    video = result
+                else:
+                    images.append(result)
+            fetched.append(Fetched(event, tuple(images), video, failures, self._fingerprint(event, images, video)))
+        return fetched
 
-    def _encode(self, products: list[_Product], outcome: BatchOutcome) -> None:
+    def _fingerprint(self, event: ProductEvent, images: Sequence[Media], video: Media | None) -> str:
+        return content_hash(json.dumps({
+            "models": self.encoders.versions,
+            "text": event.text,
+            "images": [media.digest for media in images],
+            "video": video.digest if video else None,
+        }, sort_keys=True).encode())
+
+    def _encode(self, products: Sequence[Fetched], counts: Counter) -> list[EncodedProduct]:
+        """Each modality of each product through the cache; an image-less or failed modality is
+        left out, an image vector is the mean of the product's image vectors."""
         texts = [p.event.text for p in products]
         text_vectors = self._cached("text", self.encoders.text.version, texts, [content_hash(t.encode()) for t in texts],
-                                    self._encode_texts, outcome)
-        for product, vector in zip(products, text_vectors):
-            product.vectors["text"] = vector  # text never fails: a blank title is rejected earlier
-
+                                    self._encode_texts, counts)
         images = [(product, media) for product in products for media in product.images]
         image_vectors = self._cached("image", self.encoders.image.version, [m.data for _, m in images],
-                                     [m.digest for _, m in images], self._encode_images, outcome)
-        per_product: dict[str, list[np.ndarray]] = {}
-        for (product, media), result in zip(images, image_vectors):
-            if isinstance(result, str):
-                product.fail("image", media.uri, result)
-            else:
-                per_product.setdefault(product.event.product_id, []).append(result)
-        for product in products:
-            found = per_product.get(product.event.product_id)
-            if found:
-                product.vectors["image"] = l2_normalize(np.mean(found, axis=0, keepdims=True))[0]
+                                     [m.digest for _, m in images], self._encode_images, counts)
+        videos = [(product, product.video) for product in products if product.video is not None]
+        video_vectors = self._cached("video", self.encoders.video.version, [m.data for _, m in videos],
+                                     [m.digest for _, m in videos], self._encode_videos, counts)
+        video_of = {id(p): (m, v) for (p, m), v in zip(videos, video_vectors)}
 
-        videos = [p for p in products if p.video is not None]
-        video_vectors = self._cached("video", self.encoders.video.version, [p.video.data for p in videos],
-                                     [p.video.digest for p in videos], self._encode_videos, outcome)
-        for product, result in zip(videos, video_vectors):
-            if isinstance(result, str):
-                product.fail("video", product.video.uri, result)
-            else:
-                product.vectors["video"] = result
+        encoded = []
+        for product, text_vector in zip(products, text_vectors):
+            failures = dict(product.failures)
+            vectors = {"text": text_vector}  # text never fails: a blank title is rejected earlier
+            mine = [(m, r) for (p, m), r in zip(images, image_vectors) if p is product]
+            good = [r for _, r in mine if not isinstance(r, Failure)]
+            for media, result in mine:
+                if isinstance(result, Failure):
+                    failures.setdefault("image", Failure(result.code, f"{media.uri}: {result.reason}"))
+            if good:
+                vectors["image"] = l2_normalize(np.mean(good, axis=0, keepdims=True))[0]
+            media, video = video_of.get(id(product), (None, None))
+            if isinstance(video, Failure) and media is not None:
+                failures.setdefault("video", Failure(video.code, f"{media.uri}: {video.reason}"))
+            elif video is not None:
+                vectors["video"] = video
+            encoded.append(EncodedProduct(product, vectors, failures))
+        return encoded
 
-    def _encode_texts(self, texts: list[str]) -> list[np.ndarray | str]:
+    def _encode_texts(self, texts: list[str]) -> list[Encoded]:
         return list(self.encoders.text.encode(texts, batch_size=self.settings.batch_size))
 
-    def _encode_images(self, payloads: list[bytes]) -> list[np.ndarray | str]:
-        decoded = list(self._io.map(lambda data: _attempt(load_image, data, self.settings.max_image_pixels), payloads))
-        good = [image for image, error in decoded if error is None]
-        vectors = iter(self.encoders.image.encode(good, batch_size=self.settings.batch_size) if good else [])
-        return [next(vectors) if error is None else error for _, error in decoded]
+    def _encode_images(self, payloads: list[bytes]) -> list[Encoded]:
+        def decode(data: bytes) -> Image.Image | Failure:
+            try:
+                return load_image(data, self.settings.max_image_pixels)
+            except MediaError as exc:
+                return Failure(exc.code, str(exc))
 
-    def _encode_videos(self, payloads: list[bytes]) -> list[np.ndarray | str]:
-        return [str(r) if isinstance(r, MediaError) else r.vector for r in self.encoders.video.encode_many(payloads)]
+        decoded = list(self._io.map(decode, payloads))
+        good = [image for image in decoded if not isinstance(image, Failure)]
+        vectors = iter(self.encoders.image.encode(good, batch_size=self.settings.batch_size) if good else [])
+        return [image if isinstance(image, Failure) else next(vectors) for image in decoded]
+
+    def _encode_videos(self, payloads: list[bytes]) -> list[Encoded]:
+        return [Failure(r.code, str(r)) if isinstance(r, MediaError) else r.vector
+                for r in self.encoders.video.encode_many(payloads)]
 
     def _cached(
         self,
@@ -354,34 +402,32 @@ class Pipeline:
         model_version: str,
         inputs: list[T],
         digests: list[str],
-        encode: Callable[[list[T]], list[np.ndarray | str]],
-        outcome: BatchOutcome,
-    ) -> list[np.ndarray | str]:
-        """Vectors for ``inputs``: from Redis by content hash, encoding (once per distinct
-        content, in one batch) only what is missing. A string result is an error reason."""
+        encode: Callable[[list[T]], list[Encoded]],
+        counts: Counter,
+    ) -> list[Encoded]:
+        """Results for ``inputs``: vectors from Redis by content hash, encoding (once per
+        distinct content, in one batch) only what is missing. Failures are not cached."""
         keys = [feature_key(model_version, modality, digest) for digest in digests]
-        results: list[np.ndarray | str | None] = list(self.cache.get_many(keys))
+        cached = self.cache.get_many(keys)
         missing: dict[str, int] = {}
-        for i, (key, result) in enumerate(zip(keys, results)):
-            if result is None:
+        for i, (key, vector) in enumerate(zip(keys, cached)):
+            if vector is None:
                 missing.setdefault(key, i)
-        outcome.counts[f"cache_hits_{modality}"] += len(keys) - sum(r is None for r in results)
-        outcome.counts[f"encoded_{modality}"] += len(missing)
-        if missing:
-            encoded = dict(zip(missing, encode([inputs[i] for i in missing.values()])))
-            self.cache.put_many({k: v for k, v in encoded.items() if not isinstance(v, str)})
-            results = [encoded[key] if result is None else result for key, result in zip(keys, results)]
-        return results  # type: ignore[return-value]
+        counts[f"cache_hits_{modality}"] += sum(vector is not None for vector in cached)
+        counts[f"encoded_{modality}"] += len(missing)
+        encoded: dict[str, Encoded] = dict(zip(missing, encode([inputs[i] for i in missing.values()]))) if missing else {}
+        self.cache.put_many({k: v for k, v in encoded.items() if not isinstance(v, Failure)})
+        return [encoded[key] if vector is None else vector for key, vector in zip(keys, cached)]
 
-    # -- storage -------------------------------------------------------------------------------
-
-    def _write(self, products: list[_Product]) -> None:
-        n = len(products)
+    def _write(self, products: Sequence[EncodedProduct]) -> None:
+        """Fuse the modality vectors of the batch in one call and write one point per product."""
+        if not products:
+            return
         batch: dict[str, ModalityBatch] = {}
         encoder_dims = {"text": self.encoders.text.dim, "image": self.encoders.image.dim, "video": self.encoders.video.dim}
         for modality, dim in encoder_dims.items():
-            vectors = np.zeros((n, dim), dtype=np.float32)
-            present = np.zeros(n, dtype=bool)
+            vectors = np.zeros((len(products), dim), dtype=np.float32)
+            present = np.zeros(len(products), dtype=bool)
             for i, product in enumerate(products):
                 if modality in product.vectors:
                     vectors[i] = product.vectors[modality]
@@ -390,39 +436,72 @@ class Pipeline:
         named = self.encoders.fusion.fuse(batch)
         points = []
         for i, product in enumerate(products):
-            vector = {name: b.vectors[i].tolist() for name, b in named.items() if b.present[i]}
-            modalities = sorted(name for name in vector if name in MODALITIES)
-            points.append(models.PointStruct(
-                id=point_id(product.event.product_id), vector=vector, payload=self._payload(product, modalities),
-            ))
+            vectors = {name: b.vectors[i] for name, b in named.items() if b.present[i]}
+            modalities = sorted(name for name in vectors if name in MODALITIES)
+            payload = self._payload(product.fetched, modalities, product.failures)
+            points.append(_point(product.fetched.event.product_id, vectors, payload))
         self.store.upsert(points)
 
-    def _payload(self, product: _Product, modalities: list[str]) -> dict:
-        event = product.event
+    def _payload(self, product: Fetched, modalities: list[str], failures: Mapping[str, Failure]) -> dict:
+        """The stored payload: the event's own fields, then what indexing found out."""
         return {
-            "product_id": event.product_id,
-            "version": event.version,
-            "title": event.title,
-            "description": event.description,
-            "attributes": event.attributes,
-            "category": event.category,
-            "category_path": category_prefixes(event.category),
-            "price": event.price,
-            "currency": event.currency,
-            "image_uris": event.image_uris,
-            "video_uri": event.video_uri,
-            "event_time": event.event_time,
+            **product.event.stored_fields(),
+            "category_path": category_prefixes(product.event.category),
             "indexed_at": time.time(),
             "modalities": modalities,
-            "errors": product.errors,
+            "errors": {modality: failure.reason for modality, failure in failures.items()},
             "model_version": self.encoders.versions,
             "fingerprint": product.fingerprint,
         }
 
 
-def _attempt(function: Callable[..., T], *args: object) -> tuple[T | None, str | None]:
-    """Run a media step; a MediaError becomes its reason instead of an exception."""
-    try:
-        return function(*args), None
-    except MediaError as exc:
-        return None, str(exc)
+# -- pure stages ----------------------------------------------------------------------------------
+
+
+def newest_per_product(
+    parsed: Sequence[tuple[ProductEvent, IncomingMessage]], counts: Counter
+) -> dict[str, tuple[ProductEvent, IncomingMessage]]:
+    """Keep only the highest version of each product in the batch; count what is dropped."""
+    latest: dict[str, tuple[ProductEvent, IncomingMessage]] = {}
+    for event, message in parsed:
+        seen = latest.get(event.product_id)
+        if seen is None or event.version > seen[0].version:
+            if seen is not None:
+                counts["stale_skipped"] += 1
+            latest[event.product_id] = (event, message)
+        elif event.version == seen[0].version:
+            counts["duplicates"] += 1
+        else:
+            counts["stale_skipped"] += 1
+    return latest
+
+
+def plan_against(events: Sequence[ProductEvent], current: Mapping[str, StoredState]) -> Plan:
+    """Older than stored: stale. Same version: a duplicate, except that a delete wins a tie with
+    a live point. Otherwise delete or upsert."""
+    deletes, upserts, stale, duplicates = [], [], 0, 0
+    for event in events:
+        known = current.get(event.product_id)
+        if known is not None and event.version < known.version:
+            stale += 1
+        elif known is not None and event.version == known.version and not (
+                event.op == "delete" and known.fingerprint is not None):
+            duplicates += 1
+        else:
+            (deletes if event.op == "delete" else upserts).append(event)
+    return Plan(tuple(deletes), tuple(upserts), stale, duplicates)
+
+
+def _stored_fingerprint(current: Mapping[str, StoredState], product: Fetched) -> str | None:
+    stored = current.get(product.event.product_id)
+    return stored.fingerprint if stored is not None else None
+
+
+def _stored_failures(stored: StoredState) -> dict[str, Failure]:
+    """The modality errors a stored payload recorded, as failures again."""
+    return {modality: Failure(STORED_ERROR, reason) for modality, reason in stored.errors.items()}
+
+
+def _point(product_id: str, vectors: Mapping[str, np.ndarray], payload: dict) -> models.PointStruct:
+    """One product's point, as the store takes it."""
+    return models.PointStruct(id=point_id(product_id), vector={k: v.tolist() for k, v in vectors.items()}, payload=payload)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from streams.schema.events import event_from_payload
 from streams.worker.pipeline import Pipeline
 
 
@@ -47,7 +49,7 @@ def run_reindex(pipeline: Pipeline, job: ReindexJob, on_progress: Callable[[Rein
                 job.done = done
                 on_progress(job)
 
-            job.counts = dict(pipeline.reindex(job.source, progress))
+            job.counts = dict(reindex_collection(pipeline, job.source, progress))
             store.switch_alias()
             job.message = f"alias {store.alias!r} now serves {store.collection!r} (was {job.source!r})"
         job.state = "done"
@@ -55,6 +57,25 @@ def run_reindex(pipeline: Pipeline, job: ReindexJob, on_progress: Callable[[Rein
         job.state, job.message = "failed", f"{type(exc).__name__}: {exc}"
     job.seconds = round(time.monotonic() - started, 2)
     return job
+
+
+def reindex_collection(pipeline: Pipeline, source: str, progress: Callable[[int], None] = lambda done: None) -> Counter:
+    """Re-embed every product of another model version's collection into this version's, from
+    the cached raw features (re-encoding only what the cache lacks) and the media named in the
+    payloads. Each page goes through ``Pipeline.apply`` like a batch of events, so a product this
+    version already holds at the same or a newer version (written by a worker meanwhile), or
+    deleted since, is left alone. The alias is not moved here."""
+    counts: Counter = Counter()
+    done = 0
+    for page in pipeline.store.pages(source, with_vectors=False):
+        outcome = pipeline.apply([event_from_payload(record.payload) for record in page if record.payload])
+        applied = outcome.counts
+        counts["reindexed"] += applied.pop("indexed", 0)
+        counts["already_current"] += applied.pop("stale_skipped", 0) + applied.pop("duplicates", 0)
+        counts.update(applied)
+        done += len(page)
+        progress(done)
+    return counts
 
 
 def start_in_background(pipeline: Pipeline, current: ReindexJob) -> ReindexJob:

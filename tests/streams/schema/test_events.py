@@ -250,7 +250,7 @@ def test_video_uri_not_a_string():
 
 def test_too_long_product_id():
     assert reason(raw(**upsert(product_id="x" * (MAX_ID_LENGTH + 1)))) == (
-        f"field 'product_id' is longer than {MAX_ID_LENGTH} characters"
+        f"field 'product_id' length is {MAX_ID_LENGTH + 1}, over the limit of {MAX_ID_LENGTH} (SHELFSTREAM_MAX_ID_CHARS)"
     )
 
 

@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from streams.worker.app import RETRY_FOREVER, WorkerState
-from streams.worker.pipeline import IncomingMessage
+from streams.worker.app import WorkerState
+from streams.worker.pipeline import SERVICE_ERRORS, IncomingMessage
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def messages(*events) -> list[IncomingMessage]:
 def test_an_unreachable_redis_is_retried_not_dead_lettered(settings, catalog):
     worker = WorkerState(dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0"))
     try:
-        with pytest.raises(RETRY_FOREVER):
+        with pytest.raises(SERVICE_ERRORS):
             worker.process(messages(*catalog[:3]))
         assert worker.pipeline.store.count() == 0
     finally:
