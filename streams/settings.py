@@ -38,6 +38,10 @@ class Settings:
     partitions: int = _knob(4, "partitions of the events topic (the unit of scale-out)")
     web_host: str = _knob("127.0.0.1", "host of the worker's query API")
     web_port: int = _knob(6066, "port of the worker's query API")
+    # query API
+    api_key: str = _knob("", "when set, every query API endpoint but /health needs it (X-API-Key or Bearer)")
+    search_mode: str = _knob("hybrid", "default text search mode: dense, keyword or hybrid (per request: mode)")
+    hybrid_keyword_weight: float = _knob(1.0, "weight of the keyword (BM25) list in hybrid RRF; dense lists weigh 1")
     # batching
     batch_size: int = _knob(32, "events per batch: each encoder runs once per batch")
     batch_window_s: float = _knob(0.2, "longest wait to fill a batch, seconds")

@@ -64,21 +64,20 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     publish.add_argument("--limit", type=int, help="publish at most this many rows")
     publish.add_argument("--delete", action="store_true", help="publish deletes for the file's products instead")
 
-    for name, help_text in (("similar", "products similar to a product (fused vector)"),
-                            ("search", "search products by text, image or video")):
-        sub = command(name, cmd_query, help_text)
-        if name == "similar":
-            sub.add_argument("product_id")
-        else:
-            what = sub.add_mutually_exclusive_group(required=True)
-            what.add_argument("--text", help="free text, e.g. 'red running shoes'")
-            what.add_argument("--image", type=Path, help="an image file")
-            what.add_argument("--video", type=Path, help="a video file: matches products' videos and images")
-        sub.add_argument("-k", type=int, default=10, help="how many results (default 10)")
-        sub.add_argument("--category", help="category path prefix, e.g. 'Apparel > Topwear'")
-        sub.add_argument("--price-min", type=float)
-        sub.add_argument("--price-max", type=float)
-        sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    command("serve", cmd_serve, "serve the query API without indexing (a stateless query service; "
+                                "against a Qdrant server in production) on SHELFSTREAM_WEB_HOST:PORT")
+    similar = _query_command(command("similar", cmd_query, "products similar to a product (fused vector)"))
+    similar.add_argument("product_id")
+    search = _query_command(command("search", cmd_query, "search products by text, image or video"))
+    what = search.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="free text, e.g. 'red running shoes'")
+    what.add_argument("--image", type=Path, help="an image file")
+    what.add_argument("--video", type=Path, help="a video file: matches products' videos and images")
+    search.add_argument("--mode", choices=["dense", "keyword", "hybrid"],
+                        help="text search: vectors, BM25 keywords or both fused (default SHELFSTREAM_SEARCH_MODE)")
+    recommend = _query_command(command("recommend", cmd_query, "products like the positives and unlike the negatives"))
+    recommend.add_argument("positive", nargs="+", help="ids of liked products")
+    recommend.add_argument("--negative", nargs="*", default=[], help="ids of disliked products")
 
     letters = command("dead-letters", cmd_dead_letters, "show rejected events with their reasons (from the start of the topic)")
     letters.add_argument("-n", type=int, default=20, help="show at most this many (default 20)")
@@ -166,21 +165,64 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
     print(report.line(settings.events_topic))
 
 
-def cmd_query(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.adapters.store import SearchFilters
-    from streams.tools.client import format_table, query_request, run_query
+def _query_command(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Paging, filters and output of every query command: the API's query fields, flag for flag."""
+    sub.add_argument("-k", "--limit", dest="limit", type=int, default=10, help="how many results (default 10)")
+    sub.add_argument("--offset", type=int, default=0, help="results to skip (next pages)")
+    sub.add_argument("--score-threshold", type=float, help="drop results scoring below this")
+    sub.add_argument("--category", help="a category at any level or a path prefix, any case: 'footwear', 'Apparel > Topwear'")
+    sub.add_argument("--price-min", type=float)
+    sub.add_argument("--price-max", type=float)
+    sub.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
+                     help="attribute filter; repeat a key for any-of, e.g. --attr gender=Women --attr baseColour=Red")
+    sub.add_argument("--has", action="append", default=[], choices=["text", "image", "video"],
+                     help="only products with this modality (repeatable)")
+    sub.add_argument("--exclude", action="append", default=[], metavar="ID", help="leave this product out (repeatable)")
+    sub.add_argument("--json", action="store_true", help="print the API's JSON answer instead of a table")
+    return sub
 
-    filters = SearchFilters(args.category, args.price_min, args.price_max)
+
+def query_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The API request (``streams.worker.api``) the flags of a query command describe."""
+    attributes: dict[str, list[str]] = {}
+    for pair in args.attr:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--attr {pair!r}: expected KEY=VALUE")
+        attributes.setdefault(key, []).append(value)
+    filters = {"category": args.category, "price_min": args.price_min, "price_max": args.price_max,
+               "attributes": attributes, "modalities": args.has, "exclude_product_ids": args.exclude}
+    query: dict[str, Any] = {"limit": args.limit, "offset": args.offset, "score_threshold": args.score_threshold,
+                             "filter": {k: v for k, v in filters.items() if v not in (None, [], {})} or None}
     if args.command == "similar":
-        request = query_request("similar", args.product_id, args.k, filters)
+        query.update(type="similar", product_id=args.product_id)
+    elif args.command == "recommend":
+        query.update(type="recommend", positive=args.positive, negative=args.negative)
     elif args.text is not None:
-        request = query_request("text", args.text, args.k, filters)
-    elif args.image is not None:
-        request = query_request("image", args.image.read_bytes(), args.k, filters)
+        query.update(type="text", text=args.text, mode=args.mode)
     else:
-        request = query_request("video", args.video.read_bytes(), args.k, filters)
-    rows = run_query(settings, request)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        kind = "image" if args.image is not None else "video"
+        query.update(type=kind, file=(args.image or args.video).read_bytes())
+    return {key: value for key, value in query.items() if value is not None}
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.client import format_table, run_query
+
+    answer = run_query(settings, query_from_args(args))
+    print(json.dumps(answer, indent=2) if args.json else format_table(answer["hits"]))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    from streams.worker.api import QueryService, create_api
+
+    service = QueryService(settings)
+    try:
+        uvicorn.run(create_api(service), host=settings.web_host, port=settings.web_port, log_level="info")
+    finally:
+        service.close()
 
 
 def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> None:

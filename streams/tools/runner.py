@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from infra.services import _owns, _proc_start  # the one /proc identity check, shared with the services
 from streams.settings import Settings
-from streams.tools.client import get_json
+from streams.tools.client import Client
 
 WORKERS_DIR = "workers"
 STOP_GRACE_S = 30.0
@@ -131,11 +131,13 @@ class WorkerProcess:
             raise
 
     def stats(self) -> dict[str, Any]:
-        return get_json(f"{self.settings.worker_url}/stats")
+        with Client.remote(self.settings) as client:
+            return client.stats()
 
     def stats_reset(self) -> dict[str, Any]:
         """Counters so far, and a new freshness window from now on."""
-        return get_json(f"{self.settings.worker_url}/stats?reset=1")
+        with Client.remote(self.settings) as client:
+            return client.stats(reset=True)
 
     def wait_until(self, done: Callable[[dict[str, Any]], bool], timeout_s: float, what: str,
                    poll_s: float = 0.2) -> dict[str, Any]:

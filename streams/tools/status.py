@@ -16,7 +16,7 @@ from tqdm import tqdm
 from infra.services import service_status
 from streams.adapters.kafka import PartitionLag, committed_offsets, consumer_lag, end_offsets
 from streams.settings import Settings
-from streams.tools.client import get_json
+from streams.tools.client import Client
 from streams.tools.runner import recorded_workers
 
 
@@ -26,7 +26,8 @@ def status_document(settings: Settings) -> dict[str, Any]:
     services["qdrant"] = ({"mode": "server", "url": settings.qdrant_url} if settings.qdrant_url
                           else {"mode": "local", "path": settings.qdrant_path})
     try:
-        worker: dict[str, Any] = {"url": settings.worker_url, "answering": True, **get_json(f"{settings.worker_url}/stats")}
+        with Client.remote(settings, timeout_s=10.0) as client:
+            worker: dict[str, Any] = {"url": settings.worker_url, "answering": True, **client.stats()}
     except ConnectionError as exc:
         worker = {"url": settings.worker_url, "answering": False, "error": str(exc)}
     return {

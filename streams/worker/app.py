@@ -1,4 +1,5 @@
-"""The Faust app: the events topic, the dead-letter topic, the indexing agent and the query API.
+"""The Faust app: the events topic, the dead-letter topic, the indexing agent, and the query API
+(``api.py``) served by uvicorn on the same event loop.
 
 The agent takes events in batches (``take_events``), so that each encoder runs once per batch,
 and runs the batch in a thread so the event loop keeps heart-beating and answering queries.
@@ -9,17 +10,17 @@ batch reached Qdrant: the committed offset never passes an event that was not wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 import faust
-from faust.web import Request, Response, View
+import uvicorn
 
-from encoders_onnx.decoding import MediaError
 from streams.adapters.kafka import ensure_topics
 from streams.adapters.store import ProductStore
 from streams.settings import Settings
@@ -31,8 +32,9 @@ from streams.worker.pipeline import (
     Pipeline,
     Stats,
 )
+from streams.worker.api import create_api
 from streams.worker.reindex import ReindexJob, start_in_background
-from streams.worker.search import QueryError, Searcher
+from streams.worker.search import Searcher
 
 log = logging.getLogger("shelfstream.worker")
 
@@ -103,10 +105,6 @@ class WorkerState:
                 self._pipeline = Pipeline.from_settings(self.settings)
             return self._pipeline
 
-    @property
-    def searcher(self) -> Searcher:
-        return Searcher(self.pipeline.store, self.pipeline.encoders, self.settings.max_image_pixels)
-
     def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
         """Process a batch and count it, as one step for ``status`` (the dead-letter policy is
         ``Pipeline.process``'s)."""
@@ -134,9 +132,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        web_bind=settings.web_host,
+        web_enabled=False,  # the query API (uvicorn, _serve_query_api) serves SHELFSTREAM_WEB_PORT
         topic_partitions=settings.partitions,
         # Join and rejoin in seconds instead of minutes (the embedded broker rebalances slowly
         # with Faust's defaults); fine on real Kafka too.
@@ -167,7 +163,7 @@ def create_app(settings: Settings) -> faust.App:
     async def shorten_fetch_wait(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
         _set_fetch_max_wait(sender, settings.fetch_max_wait_ms)
 
-    _add_query_api(app, worker)
+    _serve_query_api(app, worker)
     return app
 
 
@@ -209,57 +205,53 @@ async def _send_dead_letters(topic: faust.TopicT, letters: Sequence[DeadLetter],
         raise DeadLetterDeliveryError(f"{len(letters)} dead letters not delivered: {exc!r}") from exc
 
 
-def _add_query_api(app: faust.App, worker: WorkerState) -> None:
-    """HTTP views on the worker, so queries work while it holds Qdrant local mode."""
+class WorkerBackend:
+    """The query API's view of this worker: its store and encoders, counters and re-indexing."""
 
-    @app.page("/health")
-    class Health(View):
-        async def get(self, request: Request) -> Response:
-            return self.json({"ok": True})
+    def __init__(self, worker: WorkerState) -> None:
+        self.worker = worker
+        self.api_key = worker.settings.api_key
+        self.max_upload_bytes = max(worker.settings.max_image_bytes, worker.settings.max_video_bytes)
 
-    @app.page("/stats")
-    class StatsView(View):
-        async def get(self, request: Request) -> Response:
-            """Counters and freshness; ``?reset=1`` starts a new measuring window (benchmarks)."""
-            stats = worker.stats
-            if request.query.get("reset") in {"1", "true"}:
-                worker.stats = Stats()  # swapped on the loop thread: no batch falls between windows
-            status = await asyncio.get_running_loop().run_in_executor(None, worker.status, stats)
-            return self.json(status)
+    def searcher(self) -> Searcher:
+        return Searcher(self.worker.pipeline.store, self.worker.pipeline.encoders, self.worker.settings.max_image_pixels,
+                        self.worker.settings.search_mode, self.worker.settings.hybrid_keyword_weight)
 
-    @app.page("/products/{product_id}")
-    class Product(View):
-        async def get(self, request: Request, product_id: str) -> Response:
-            with_vectors = request.query.get("vectors") in {"1", "true"}
-            record = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: worker.pipeline.store.get(product_id, with_vectors=with_vectors)
-            )
-            if record is None:
-                return self.json({"error": f"product {product_id!r} is not indexed"}, status=404)
-            return self.json({"product_id": product_id, "payload": record.payload, "vectors": record.vector or {}})
+    def stats_window(self, reset: bool) -> Stats:
+        """Swapped on the event loop, where the agent adds batches: no batch falls between windows."""
+        window = self.worker.stats
+        if reset:
+            self.worker.stats = Stats()
+        return window
 
-    @app.page("/reindex")
-    class Reindex(View):
-        """POST starts re-indexing the serving collection into this worker's model version;
-        GET reports its progress."""
+    def status(self, window: Stats) -> dict[str, Any]:
+        return self.worker.status(window)
 
-        async def get(self, request: Request) -> Response:
-            return self.json(worker.reindex_job.as_dict())
+    def start_reindex(self) -> ReindexJob:
+        self.worker.reindex_job = start_in_background(self.worker.pipeline, self.worker.reindex_job)
+        return self.worker.reindex_job
 
-        async def post(self, request: Request) -> Response:
-            pipeline = await asyncio.get_running_loop().run_in_executor(None, lambda: worker.pipeline)
-            worker.reindex_job = start_in_background(pipeline, worker.reindex_job)
-            return self.json(worker.reindex_job.as_dict())
+    def reindex_status(self) -> ReindexJob:
+        return self.worker.reindex_job
 
-    @app.page("/query")
-    class Query(View):
-        async def post(self, request: Request) -> Response:
-            body = await request.json()
-            try:
-                rows = await asyncio.get_running_loop().run_in_executor(None, worker.searcher.answer, body)
-            except (QueryError, MediaError, KeyError, ValueError) as exc:
-                return self.json({"error": str(exc)}, status=400)
-            return self.json(rows)
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn on Faust's event loop: Faust owns the process's signals and stops the task."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _serve_query_api(app: faust.App, worker: WorkerState) -> None:
+    """The query API (``streams.worker.api``) in this process, beside the store it reads."""
+    settings = worker.settings
+    config = uvicorn.Config(create_api(WorkerBackend(worker)), host=settings.web_host, port=settings.web_port,
+                            log_level="warning", access_log=False, lifespan="off")
+
+    @app.task
+    async def serve_query_api() -> None:
+        await EmbeddedServer(config).serve()
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

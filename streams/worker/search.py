@@ -1,97 +1,153 @@
-"""Queries: similar items, search by text and by image, in one place for the worker's HTTP API
-and for the CLI.
+"""Queries, engine-agnostic: text (dense, keyword or hybrid), image, video, similar-to-product and
+recommendations, each hit explained by its per-modality scores. The HTTP API (``api.py``) is the
+only caller; the CLI and the demo reach this code through that API, in the worker or in-process.
 
-Qdrant local mode admits one process per folder, and the worker holds it while it runs. So the
-CLI asks the worker's HTTP API first and opens the store itself only when no worker answers.
+Scores of different lists are not on one scale (text-to-text cosines run higher than
+text-to-image, BM25 is unbounded), so several lists are merged by weighted reciprocal-rank
+fusion and the hit says which score it carries (``score_kind``).
 """
 
 from __future__ import annotations
 
-import base64
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
 from encoders_onnx.decoding import load_image
-from streams.adapters.store import Hit, ProductStore, SearchFilters
+from streams.adapters.store import Hit
 from streams.worker.encoders import Encoders
+from streams.worker.store_shim import SearchFilters, ShimStore
 
-MODES = ("similar", "text", "image", "video")
+TextMode = Literal["dense", "keyword", "hybrid"]
+ScoreKind = Literal["cosine", "bm25", "rrf"]
+TEXT_MODES: tuple[TextMode, ...] = ("dense", "keyword", "hybrid")
+MODALITIES = ("text", "image", "video")
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: a list's first hits count most, none dominate
 
 
 class QueryError(LookupError):
-    """A query that cannot be answered (unknown product, bad image, ...): the message says why."""
+    """A query that cannot be answered (bad image, empty text, ...): the message says why."""
+
+
+class UnknownProduct(QueryError):
+    """A product id the query names is not in the served collection."""
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int = 10
+    offset: int = 0
+    score_threshold: float | None = None  # on the final score; for fused lists on each list's cosine
+
+
+@dataclass(frozen=True)
+class ExplainedHit:
+    product_id: str
+    score: float
+    score_kind: ScoreKind
+    payload: dict[str, Any]
+    scores: dict[str, float] = field(default_factory=dict)  # text/image/video cosines, keyword BM25
 
 
 class Searcher:
-    def __init__(self, store: ProductStore, encoders: Encoders, max_image_pixels: int) -> None:
-        self.store = store
+    def __init__(self, store: Any, encoders: Encoders, max_image_pixels: int,
+                 default_mode: TextMode = "hybrid", keyword_weight: float = 1.0) -> None:
+        self.store = ShimStore(store)
         self.encoders = encoders
         self.max_image_pixels = max_image_pixels
+        self.default_mode = default_mode
+        self.keyword_weight = keyword_weight
 
-    def similar(self, product_id: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
-        vector = self.store.vector(product_id, "fused", collection=self.store.alias)
-        if vector is None:
-            raise QueryError(f"product {product_id!r} is not indexed")
-        return self.store.search("fused", vector, k, filters, exclude_product_id=product_id)
+    def similar(self, product_id: str, filters: SearchFilters | None = None, page: Page = Page()) -> list[ExplainedHit]:
+        return self.recommend([product_id], [], filters, page)
 
-    def by_text(self, text: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
+    def recommend(self, positive: Sequence[str], negative: Sequence[str] = (), filters: SearchFilters | None = None,
+                  page: Page = Page()) -> list[ExplainedHit]:
+        """Products like the positives and unlike the negatives, on the fused vector (the store's
+        recommend: the inputs are never in the results); explained by cosines to the positives."""
+        stored = self.store.vectors([*positive, *negative], ["fused", *MODALITIES])
+        missing = [pid for pid in (*positive, *negative) if "fused" not in stored.get(pid, {})]
+        if missing:
+            raise UnknownProduct(f"product {missing[0]!r} is not indexed" if len(missing) == 1
+                                 else f"products {', '.join(map(repr, missing))} are not indexed")
+        hits = self.store.recommend(list(positive), list(negative), "fused", page.limit, filters,
+                                    page.offset, page.score_threshold)
+        query = {name: _unit(np.mean([_unit(stored[pid][name]) for pid in positive if name in stored[pid]], axis=0))
+                 for name in MODALITIES if any(name in stored[pid] for pid in positive)}
+        return self._explain(hits, "cosine", query)
+
+    def by_text(self, text: str, filters: SearchFilters | None = None, page: Page = Page(),
+                mode: TextMode | None = None) -> list[ExplainedHit]:
         if not text.strip():
             raise QueryError("the text query is empty")
-        return self._search("text", self.encoders.text.encode([text]), k, filters)
+        mode = mode or self.default_mode
+        keyword: list[Hit] = []
+        if mode != "dense":
+            keyword = self.store.keyword_search(text, page.offset + page.limit, filters)
+        if mode == "keyword":
+            hits = [h for h in keyword[page.offset:] if page.score_threshold is None or h.score >= page.score_threshold]
+            return self._explain(hits, "bm25", self._query_vectors("text", self.encoders.text.encode([text])), keyword)
+        return self._dense("text", self.encoders.text.encode([text]), filters, page, keyword)
 
-    def by_image(self, data: bytes, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
+    def by_image(self, data: bytes, filters: SearchFilters | None = None, page: Page = Page()) -> list[ExplainedHit]:
         image = load_image(data, self.max_image_pixels)
-        return self._search("image", self.encoders.image.encode([image]), k, filters)
+        return self._dense("image", self.encoders.image.encode([image]), filters, page)
 
-    def by_video(self, data: bytes, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
-        return self._search("video", self.encoders.video.encode(data)[None, :], k, filters)
+    def by_video(self, data: bytes, filters: SearchFilters | None = None, page: Page = Page()) -> list[ExplainedHit]:
+        return self._dense("video", self.encoders.video.encode(data)[None, :], filters, page)
 
-    def _search(self, modality: str, encoded: np.ndarray, k: int, filters: SearchFilters | None) -> list[Hit]:
-        """Project the query into the stored space and search every named vector of that space
-        (with a trained bundle a text query also finds products by their photos). Cosines of
-        different named vectors are not on one scale (text-to-text runs higher than
-        text-to-image), so several result lists are merged by reciprocal-rank fusion."""
+    def _query_vectors(self, modality: str, encoded: np.ndarray) -> dict[str, np.ndarray]:
+        """The query projected into the stored space, once per named vector it is compared with
+        (with a trained bundle a text query also finds products by their photos)."""
         vector = self.encoders.fusion.project(**{modality: encoded})[modality][0]
-        targets = self.encoders.fusion.search_targets[modality]
-        if len(targets) == 1:
-            return self.store.search(targets[0], vector, k, filters)
-        fused: dict[str, float] = {}
-        payloads: dict[str, dict[str, Any]] = {}
-        for using in targets:
-            for rank, hit in enumerate(self.store.search(using, vector, k, filters)):
-                fused[hit.product_id] = fused.get(hit.product_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-                payloads[hit.product_id] = hit.payload
-        ranked = sorted(fused.items(), key=lambda item: -item[1])[:k]
-        return [Hit(product_id, score, payloads[product_id]) for product_id, score in ranked]
+        return {using: vector for using in self.encoders.fusion.search_targets[modality]}
 
-    def answer(self, request: dict[str, Any]) -> list[dict[str, Any]]:
-        """Answer a query in its wire form (see ``query_request``); used by the HTTP API."""
-        mode = request.get("mode")
-        k = int(request.get("k", 10))
-        filters = SearchFilters(request.get("category"), request.get("price_min"), request.get("price_max"))
-        if mode == "similar":
-            hits = self.similar(str(request["product_id"]), k, filters)
-        elif mode == "text":
-            hits = self.by_text(str(request["text"]), k, filters)
-        elif mode == "image":
-            hits = self.by_image(base64.b64decode(request["media_b64"]), k, filters)
-        elif mode == "video":
-            hits = self.by_video(base64.b64decode(request["media_b64"]), k, filters)
-        else:
-            raise QueryError(f"unknown query mode {mode!r} (expected one of {', '.join(MODES)})")
-        return [hit_row(rank, hit) for rank, hit in enumerate(hits, start=1)]
+    def _dense(self, modality: str, encoded: np.ndarray, filters: SearchFilters | None, page: Page,
+               keyword: Sequence[Hit] = ()) -> list[ExplainedHit]:
+        """One cosine list is returned as it is; several (more targets, or keyword hits beside
+        them) are fused by weighted RRF over their first ``offset + limit`` hits."""
+        query = self._query_vectors(modality, encoded)
+        if len(query) == 1 and not keyword:
+            using, vector = next(iter(query.items()))
+            hits = self.store.search(using, vector, page.limit, filters, page.offset, page.score_threshold)
+            return self._explain(hits, "cosine", query)
+        depth = page.offset + page.limit
+        lists = [(1.0, self.store.search(using, vector, depth, filters, 0, page.score_threshold))
+                 for using, vector in query.items()]
+        if keyword:
+            lists.append((self.keyword_weight, list(keyword)))
+        fused = reciprocal_rank_fusion(lists)[page.offset: depth]
+        return self._explain(fused, "rrf", query, keyword)
+
+    def _explain(self, hits: Sequence[Hit], kind: ScoreKind, query: Mapping[str, np.ndarray],
+                 keyword: Sequence[Hit] = ()) -> list[ExplainedHit]:
+        """Each hit with the cosine of the query to each of its stored modality vectors, and its
+        BM25 score where keyword search ran: why it matched, beside the final score."""
+        stored = self.store.vectors([h.product_id for h in hits], list(query)) if query else {}
+        bm25 = {h.product_id: h.score for h in keyword}
+        explained = []
+        for hit in hits:
+            scores = {name: round(float(_unit(vector) @ _unit(query[name])), 4)
+                      for name, vector in stored.get(hit.product_id, {}).items()}
+            if hit.product_id in bm25:
+                scores["keyword"] = round(bm25[hit.product_id], 4)
+            explained.append(ExplainedHit(hit.product_id, hit.score, kind, hit.payload, scores))
+        return explained
 
 
-def hit_row(rank: int, hit: Hit) -> dict[str, Any]:
-    payload = hit.payload
-    return {
-        "rank": rank,
-        "product_id": hit.product_id,
-        "score": round(hit.score, 4),
-        "title": payload.get("title", ""),
-        "category": " > ".join(payload.get("category") or []),
-        "price": payload.get("price"),
-        "modalities": payload.get("modalities", []),
-    }
+def reciprocal_rank_fusion(lists: Sequence[tuple[float, Sequence[Hit]]], k: int = RRF_K) -> list[Hit]:
+    """Weighted RRF: a product scores ``sum(weight / (k + rank))`` over the lists that hold it."""
+    fused: dict[str, float] = {}
+    payloads: dict[str, dict[str, Any]] = {}
+    for weight, hits in lists:
+        for rank, hit in enumerate(hits, start=1):
+            fused[hit.product_id] = fused.get(hit.product_id, 0.0) + weight / (k + rank)
+            payloads[hit.product_id] = hit.payload
+    ranked = sorted(fused.items(), key=lambda item: -item[1])
+    return [Hit(product_id, score, payloads[product_id]) for product_id, score in ranked]
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32)
+    return vector / (np.linalg.norm(vector) or 1.0)

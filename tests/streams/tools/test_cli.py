@@ -19,7 +19,7 @@ from streams.tools.cli import build_parser, main
 from streams.tools.client import format_table
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "publish", "similar", "search", "export", "bench", "demo",
-            "make-videos", "train", "eval", "reindex", "dead-letters", "wait"]
+            "make-videos", "train", "eval", "reindex", "dead-letters", "wait", "recommend", "serve"]
 
 
 @pytest.fixture(autouse=True)
