@@ -15,11 +15,11 @@ import logging
 import secrets
 import time
 import uuid
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Mapping, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic import Base64Bytes
@@ -29,6 +29,8 @@ from encoders_onnx.decoding import MediaError
 from streams.adapters.store import ProductStore
 from streams.settings import Settings
 from streams.worker.encoders import load_encoders
+from streams.worker.health import Probe, readiness
+from streams.worker.metrics import CONTENT_TYPE, TimedStore, WorkerMetrics
 from streams.worker.reindex import ReindexJob
 from streams.worker.search import ExplainedHit, Page, QueryError, Searcher, TextMode, UnknownProduct
 from streams.worker.store_shim import SearchFilters
@@ -47,8 +49,11 @@ class Backend(Protocol):
 
     api_key: str
     max_upload_bytes: int
+    metrics: WorkerMetrics
 
     def searcher(self) -> Searcher: ...
+    def probes(self) -> Mapping[str, Probe]:
+        """What ``/health/ready`` checks: name -> probe (see ``streams.worker.health``)."""
     def stats_window(self, reset: bool) -> Any:
         """The counters' current window (a new one from now on if ``reset``); cheap, on the event loop."""
     def status(self, window: Any) -> dict[str, Any]: ...
@@ -253,9 +258,30 @@ def create_api(backend: Backend) -> FastAPI:
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
     @app.get("/health", tags=["service"])
+    @app.get("/health/live", tags=["service"])
     async def health() -> dict[str, bool]:
         """Liveness: answers without a key and without touching the store."""
         return {"ok": True}
+
+    @app.get("/health/ready", tags=["service"], responses={503: {"description": "a dependency is not ready"}})
+    def ready(key: str | None = Security(api_key),
+              credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> JSONResponse:
+        """Every dependency probed (broker, Redis, store, models, partitions): 200 when all are
+        ready, else 503; without the API key (when one is set) only which checks failed, not why."""
+        try:
+            require_key(key, credentials)
+            shown = True
+        except HTTPException:
+            shown = False
+        verdict = readiness(backend.probes())
+        checks = {name: {"ok": check.ok, **({"detail": check.detail} if shown else {})}
+                  for name, check in verdict.checks.items()}
+        return JSONResponse({"ok": verdict.ok, "checks": checks}, status_code=200 if verdict.ok else 503)
+
+    @app.get("/metrics", tags=["service"], dependencies=[Depends(require_key)], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus exposition of this process's metrics (``shelfstream_*``)."""
+        return Response(backend.metrics.exposition(), media_type=CONTENT_TYPE)
 
     @v1.post("/search/text", tags=["search"])
     def search_text(query: TextQuery) -> SearchResults:
@@ -382,8 +408,10 @@ class QueryService:
         self.api_key = settings.api_key
         self.max_upload_bytes = max(settings.max_image_bytes, settings.max_video_bytes)
         self.started_at = time.time()
+        self.metrics = WorkerMetrics()
         self.encoders = load_encoders(settings)
-        self.store = ProductStore(settings, self.encoders.fusion.dims, self.encoders.fusion.version)
+        self.metrics.set_models(self.encoders.versions)
+        self.store = TimedStore(ProductStore(settings, self.encoders.fusion.dims, self.encoders.fusion.version), self.metrics)
 
     def searcher(self) -> Searcher:
         return Searcher(self.store, self.encoders, self.settings.max_image_pixels,
@@ -391,6 +419,10 @@ class QueryService:
 
     def stats_window(self, reset: bool) -> None:
         return None
+
+    def probes(self) -> Mapping[str, Probe]:
+        return {"store": lambda: f"{self.store.point_count(self.store.alias)} points served",
+                "models": lambda: ", ".join(f"{k} {v}" for k, v in self.encoders.versions.items())}
 
     def status(self, window: None) -> dict[str, Any]:
         return {"points": self.store.point_count(self.store.alias), "collection": self.store.serving_collection(),

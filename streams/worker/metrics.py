@@ -12,10 +12,12 @@ once per ``lag_refresh_s``), so the gauge is as fresh as the scrape and costs no
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -89,8 +91,8 @@ class WorkerMetrics:
                 self.cache_hits.labels(key.removeprefix("cache_hits_")).inc(value)
             elif key.startswith("cache_lookups_"):
                 self.cache_lookups.labels(key.removeprefix("cache_lookups_")).inc(value)
-            elif key.startswith("encoded_"):
-                continue  # encoder work, seen through encode_duration_seconds
+            elif key.startswith("encoded_") or key == "events":
+                continue  # encoder work is in encode_duration_seconds; events in events_consumed_total
             else:
                 self.events_processed.labels(key).inc(value)
         self.products_indexed.inc(counts.get("indexed", 0))
@@ -106,16 +108,6 @@ class WorkerMetrics:
 
     def record_encode(self, modality: str, seconds: float) -> None:
         self.encode_duration.labels(modality).observe(seconds)
-
-    def record_cache(self, modality: str, hits: int, lookups: int) -> None:
-        self.cache_hits.labels(modality).inc(hits)
-        self.cache_lookups.labels(modality).inc(lookups)
-
-    def record_store_write(self, seconds: float) -> None:
-        self.store_write_duration.observe(seconds)
-
-    def record_store_query(self, seconds: float) -> None:
-        self.store_query_duration.observe(seconds)
 
     def record_freshness(self, milliseconds: Sequence[float]) -> None:
         """Freshness samples as the pipeline measures them (ms), observed in seconds."""
@@ -136,6 +128,31 @@ class WorkerMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class TimedStore:
+    """The store with its writes and queries timed into the metrics; every other attribute passes
+    through unchanged, so it stands wherever the store does (pipeline, searcher, re-indexing)."""
+
+    WRITES = frozenset({"upsert", "delete", "overwrite_payloads"})
+    QUERIES = frozenset({"search", "keyword_search", "recommend"})
+
+    def __init__(self, store: Any, metrics: WorkerMetrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        histogram = (self._metrics.store_write_duration if name in self.WRITES
+                     else self._metrics.store_query_duration if name in self.QUERIES else None)
+        if histogram is None or not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with histogram.time():
+                return attribute(*args, **kwargs)
+        return timed
 
 
 class LagCollector(Collector):

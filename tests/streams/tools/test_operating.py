@@ -10,7 +10,9 @@ import os
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.adapters.kafka import ensure_topics
 from streams.settings import Settings
@@ -81,6 +83,27 @@ def test_wait_status_and_down_with_a_real_worker(settings: Settings, catalog, tm
         assert status["counts"]["indexed"] == len(products) and status["freshness"]["p50_ms"] > 0
         assert main(["status"]) == 0
         assert "backlog  0 events" in capsys.readouterr().out
+
+        ready = httpx.get(f"{own.worker_url}/health/ready", timeout=30)
+        assert ready.status_code == 200, ready.text
+        checks = ready.json()["checks"]
+        assert set(checks) == {"broker", "redis", "models", "store", "partitions"}
+        assert all(check["ok"] for check in checks.values()) and "20 points" in checks["store"]["detail"]
+        assert httpx.get(f"{own.worker_url}/health/live", timeout=30).json() == {"ok": True}
+
+        exposition = httpx.get(f"{own.worker_url}/metrics", timeout=30).text
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(exposition) for s in family.samples}
+        assert samples[("shelfstream_events_consumed_total", ())] == len(products)
+        assert samples[("shelfstream_products_indexed_total", ())] == len(products)
+        assert samples[("shelfstream_cache_lookups_total", (("modality", "text"),))] == len(products)
+        assert samples[("shelfstream_encode_duration_seconds_count", (("modality", "image"),))] >= 1
+        assert samples[("shelfstream_store_write_duration_seconds_count", ())] >= 1
+        assert samples[("shelfstream_freshness_seconds_count", ())] == len(products)
+        assert samples[("shelfstream_batch_size_events_sum", ())] == len(products)
+        lag = {labels: value for (name, labels), value in samples.items() if name == "shelfstream_consumer_lag_messages"}
+        assert len(lag) == own.partitions and sum(lag.values()) == 0
+        assert any(name == "shelfstream_model_info" and dict(labels)["modality"] == "text" for name, labels in samples)
     finally:
         assert main(["down"]) == 0
     out = capsys.readouterr().out

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.adapters.kafka import PartitionLag
-from streams.worker.metrics import WorkerMetrics
+from streams.worker.metrics import TimedStore, WorkerMetrics
 
 
 def scraped(metrics: WorkerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -51,18 +51,15 @@ def test_dead_letters_by_reason_code_and_retries():
     assert samples[("shelfstream_batches_total", (("result", "retried"),))] == 1
 
 
-def test_encode_store_and_freshness_histograms_in_seconds():
+def test_encode_and_freshness_histograms_in_seconds():
     metrics = WorkerMetrics(CollectorRegistry())
     metrics.record_encode("image", 0.2)
     metrics.record_encode("text", 0.01)
-    metrics.record_store_write(0.004)
-    metrics.record_store_query(0.03)
     metrics.record_freshness([120.0, 2500.0])
     samples = scraped(metrics)
     assert samples[("shelfstream_encode_duration_seconds_sum", (("modality", "image"),))] == 0.2
     assert samples[("shelfstream_encode_duration_seconds_count", (("modality", "text"),))] == 1
-    assert samples[("shelfstream_store_write_duration_seconds_bucket", (("le", "0.005"),))] == 1
-    assert samples[("shelfstream_store_query_duration_seconds_bucket", (("le", "0.025"),))] == 0
+    assert samples[("shelfstream_encode_duration_seconds_bucket", (("le", "0.01"), ("modality", "text")))] == 1
     assert samples[("shelfstream_freshness_seconds_sum", ())] == 2.62
     assert samples[("shelfstream_freshness_seconds_bucket", (("le", "0.25"),))] == 1
     assert samples[("shelfstream_freshness_seconds_bucket", (("le", "2.5"),))] == 2
@@ -110,3 +107,25 @@ def test_two_workers_in_one_process_do_not_share_series():
     first, second = WorkerMetrics(), WorkerMetrics()
     first.record_batch(3, {"indexed": 3}, seconds=0.1)
     assert scraped(second)[("shelfstream_events_consumed_total", ())] == 0
+
+
+def test_timed_store_times_writes_and_queries_and_passes_the_rest_through():
+    class Store:
+        collection = "products_v1"
+
+        def upsert(self, points: list) -> int:
+            return len(points)
+
+        def search(self, vector: list) -> list:
+            return ["hit"]
+
+        def count(self) -> int:
+            return 7
+
+    metrics = WorkerMetrics(CollectorRegistry())
+    store = TimedStore(Store(), metrics)
+    assert store.upsert([1, 2]) == 2 and store.search([0.1]) == ["hit"] and store.search([0.2]) == ["hit"]
+    assert store.count() == 7 and store.collection == "products_v1"
+    samples = scraped(metrics)
+    assert samples[("shelfstream_store_write_duration_seconds_count", ())] == 1
+    assert samples[("shelfstream_store_query_duration_seconds_count", ())] == 2
