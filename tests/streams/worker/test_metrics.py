@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -129,3 +133,18 @@ def test_timed_store_times_writes_and_queries_and_passes_the_rest_through():
     samples = scraped(metrics)
     assert samples[("shelfstream_store_write_duration_seconds_count", ())] == 1
     assert samples[("shelfstream_store_query_duration_seconds_count", ())] == 2
+
+
+def test_the_grafana_dashboard_queries_only_series_the_worker_exports():
+    dashboard = json.loads((Path(__file__).resolve().parents[3] / "infra" / "grafana" / "shelfstream.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"\bshelfstream_[a-z_]+", target["expr"])}
+    metrics = WorkerMetrics(CollectorRegistry())
+    metrics.watch_lag(lambda: [PartitionLag("events", 0, 1, 0, 2)])
+    metrics.record_batch(1, {"indexed": 1, "cache_hits_text": 1, "cache_lookups_text": 1}, seconds=0.1)
+    metrics.record_dead_letters(["invalid_event"])
+    metrics.record_retry()
+    metrics.record_encode("text", 0.01)
+    metrics.set_models({"text": "v1"})
+    exported = {name for name, _ in scraped(metrics)}
+    assert len(queried) >= 12 and queried <= exported, queried - exported
