@@ -26,11 +26,13 @@ from pydantic import Base64Bytes
 from starlette.concurrency import run_in_threadpool
 
 from encoders_onnx.decoding import MediaError
+from streams.adapters.media import MediaLimits
 from streams.adapters.store import ProductStore
 from streams.settings import Settings
 from streams.worker.encoders import load_encoders
 from streams.worker.health import Probe, readiness
 from streams.worker.metrics import CONTENT_TYPE, TimedStore, WorkerMetrics
+from streams.worker.page import add_page
 from streams.worker.reindex import ReindexJob
 from streams.worker.search import ExplainedHit, Page, QueryError, Searcher, TextMode, UnknownProduct
 from streams.worker.store_shim import SearchFilters
@@ -50,6 +52,7 @@ class Backend(Protocol):
     api_key: str
     max_upload_bytes: int
     metrics: WorkerMetrics
+    media_limits: MediaLimits  # product images are loaded as ingestion loads them
 
     def searcher(self) -> Searcher: ...
     def probes(self) -> Mapping[str, Probe]:
@@ -355,6 +358,7 @@ def create_api(backend: Backend) -> FastAPI:
     def reindex_status() -> ReindexStatus:
         return ReindexStatus(**backend.reindex_status().as_dict())
 
+    add_page(app, v1, lambda product_id: product(product_id).image_uris, backend.media_limits)
     app.include_router(v1)
     return app
 
@@ -407,6 +411,7 @@ class QueryService:
         self.settings = settings
         self.api_key = settings.api_key
         self.max_upload_bytes = max(settings.max_image_bytes, settings.max_video_bytes)
+        self.media_limits = MediaLimits.for_images(settings)
         self.started_at = time.time()
         self.metrics = WorkerMetrics()
         self.encoders = load_encoders(settings)

@@ -22,6 +22,7 @@ import faust
 import uvicorn
 
 from streams.adapters.kafka import consumer_lag, ensure_topics
+from streams.adapters.media import MediaLimits
 from streams.adapters.store import ProductStore
 from streams.settings import Settings
 from streams.worker.pipeline import (
@@ -229,6 +230,7 @@ class WorkerBackend:
         self.metrics = worker.metrics
         self.api_key = worker.settings.api_key
         self.max_upload_bytes = max(worker.settings.max_image_bytes, worker.settings.max_video_bytes)
+        self.media_limits = MediaLimits.for_images(worker.settings)
 
     def searcher(self) -> Searcher:
         return Searcher(self.worker.pipeline.store, self.worker.pipeline.encoders, self.worker.settings.max_image_pixels,
