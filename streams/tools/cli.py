@@ -101,6 +101,10 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     command("reindex", cmd_reindex, "re-embed the served catalog with the configured models, then switch queries to it")
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
     lazy["make-videos"] = command("make-videos", cmd_make_videos, "make test clips from product images (no real product videos exist here)")
+    if running == "eval":
+        from streams.tools.eval_queries import add_attribute_query_arguments
+
+        add_attribute_query_arguments(lazy["eval"])
     if running in LAZY_FLAGS:
         module, function = LAZY_FLAGS[running]
         try:  # without the export extra, train and eval explain what to install
@@ -271,6 +275,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> None:
+    if getattr(args, "queries", None) == "attributes":  # search quality: no torch needed
+        from streams.tools.eval_queries import run_attribute_eval
+
+        run_attribute_eval(args, settings)
+        return
     _require_export_extra(args)
     from exporters.evaluate import run_eval
 

@@ -13,16 +13,15 @@ from pathlib import Path
 from encoders_onnx.image import IMAGE_MODEL
 from encoders_onnx.session import exported_manifest
 from encoders_onnx.text import TEXT_MODEL
-from streams.adapters.store import SearchFilters
 from streams.settings import Settings
-from streams.tools.client import format_table, query_request, run_query
+from streams.tools.client import Client, format_table
 from streams.tools.publish import catalog_events, load_mapping, publish_events
 from streams.tools.runner import WorkerProcess, encoded_count
 from streams.tools.videogen import catalog_products, make_videos
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "demo" / "catalog"
-TEXT_QUERIES = ("red running shoes", "women's black handbag")
+TEXT_QUERIES = ("red running shoes", "red handbag for women", "women's black handbag")
 VIDEO_PRODUCTS = 20  # products that get a generated clip (no real product video exists here)
 
 
@@ -77,22 +76,8 @@ def _run(settings: Settings, worker: WorkerProcess, catalog: Path) -> int:
     print(f"indexed {stats['points']} products in {time.monotonic() - started:.1f} s "
           f"(freshness p50 {stats['freshness_p50_ms']:.0f} ms): {stats['counts']}")
 
-    queries = 0
-    for event in events[:3]:
-        print(f"\nsimilar to {event.product_id} {event.title!r}:")
-        print(format_table(run_query(settings, query_request("similar", event.product_id, 5, SearchFilters()))))
-        queries += 1
-    for text in TEXT_QUERIES:
-        print(f"\nsearch {text!r}:")
-        print(format_table(run_query(settings, query_request("text", text, 5, SearchFilters()))))
-        queries += 1
-    clip_owner, clip = next(iter(clips.items()))
-    print(f"\nsearch by the video of {clip_owner} ({clip.name}):")
-    print(format_table(run_query(settings, query_request("video", clip.read_bytes(), 5, SearchFilters()))))
-    queries += 1
-    print("\nsearch 'watch' under 1000 INR in Accessories:")
-    print(format_table(run_query(settings, query_request("text", "watch", 5, SearchFilters("Accessories", None, 1000)))))
-    queries += 1
+    with Client.remote(settings) as client:
+        queries = _queries(client, events, clips)
 
     product = events[0]
     updated = product.derive(version=2, price=round((product.price or 0) * 0.8), event_time=time.time())
@@ -104,3 +89,25 @@ def _run(settings: Settings, worker: WorkerProcess, catalog: Path) -> int:
     print(f"\nprice cut for {product.product_id}: {product.price} -> {updated.price:.0f}, re-encoded {encoded} modalities")
     print(f"\ndemo ok: {after['points']} products indexed, {queries} queries answered")
     return 0
+
+
+def _queries(client: Client, events: list, clips: dict) -> int:
+    """Every kind of query the API answers, each hit explained by its per-modality scores."""
+    asked: list[tuple[str, dict]] = [
+        (f"similar to {e.product_id} {e.title!r}", {"type": "similar", "product_id": e.product_id, "limit": 5})
+        for e in events[:2]
+    ]
+    asked += [(f"search {text!r} (default mode)", {"type": "text", "text": text, "limit": 5}) for text in TEXT_QUERIES]
+    asked.append(("search 'red running shoes' (keyword mode)", {"type": "text", "text": "red running shoes", "mode": "keyword", "limit": 5}))
+    clip_owner, clip = next(iter(clips.items()))
+    asked.append((f"search by the video of {clip_owner} ({clip.name})", {"type": "video", "file": clip.read_bytes(), "limit": 5}))
+    asked.append(("search 'watch' under 1000 INR in accessories, for women",
+                  {"type": "text", "text": "watch", "limit": 5,
+                   "filter": {"category": "accessories", "price_max": 1000, "attributes": {"gender": "Women"}}}))
+    liked, disliked = events[0].product_id, events[1].product_id
+    asked.append((f"recommended: like {liked}, unlike {disliked}",
+                  {"type": "recommend", "positive": [liked], "negative": [disliked], "limit": 5}))
+    for title, query in asked:
+        print(f"\n{title}:")
+        print(format_table(client.query(query)["hits"]))
+    return len(asked)

@@ -84,7 +84,7 @@ class Searcher:
         mode = mode or self.default_mode
         keyword: list[Hit] = []
         if mode != "dense":
-            keyword = self.store.keyword_search(text, page.offset + page.limit, filters)
+            keyword = self.store.keyword_search(keyword_query(text), page.offset + page.limit, filters)
         if mode == "keyword":
             hits = [h for h in keyword[page.offset:] if page.score_threshold is None or h.score >= page.score_threshold]
             return self._explain(hits, "bm25", self._query_vectors("text", self.encoders.text.encode([text])), keyword)
@@ -134,6 +134,14 @@ class Searcher:
                 scores["keyword"] = round(bm25[hit.product_id], 4)
             explained.append(ExplainedHit(hit.product_id, hit.score, kind, hit.payload, scores))
         return explained
+
+
+def keyword_query(text: str) -> str:
+    """The text with the singular of each plural word beside it: the keyword index does not stem,
+    and catalogs title a product "Shoe" as often as "Shoes"."""
+    words = text.split()
+    singulars = [w[:-1] for w in words if len(w) > 3 and w.lower().endswith("s") and not w.lower().endswith("ss")]
+    return " ".join([*words, *singulars])
 
 
 def reciprocal_rank_fusion(lists: Sequence[tuple[float, Sequence[Hit]]], k: int = RRF_K) -> list[Hit]:

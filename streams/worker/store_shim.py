@@ -13,7 +13,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from streams.adapters.store import Hit, ProductStore
+from qdrant_client import models
+
+from streams.adapters.store import Hit, ProductStore, point_id
 
 TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -61,46 +63,63 @@ class ShimStore:
 
     def __init__(self, store: ProductStore) -> None:
         self._store = store
+        self._cached: list[Any] | None = None
+        self._cached_documents: list[Counter] | None = None
+        self._matrices: dict[str, tuple[list[Any], np.ndarray]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     def _points(self) -> list[Any]:
-        return [r for r in self._store.all_points(with_vectors=True, collection=self._store.alias) if r.payload]
+        """Read once per shim (one per request in the API, one per index in the evaluation)."""
+        if self._cached is None:
+            self._cached = [r for r in self._store.all_points(with_vectors=True, collection=self._store.alias) if r.payload]
+        return self._cached
+
+    def _documents(self) -> list[Counter]:
+        if self._cached_documents is None:
+            self._cached_documents = [
+                Counter(tokens(" ".join([r.payload.get("title", ""), r.payload.get("description", ""),
+                                         *map(str, (r.payload.get("attributes") or {}).values())])))
+                for r in self._points()
+            ]
+        return self._cached_documents
 
     def search(self, using: str, vector: np.ndarray, limit: int = 10, filters: SearchFilters | None = None,
                offset: int = 0, score_threshold: float | None = None) -> list[Hit]:
-        query = vector / (np.linalg.norm(vector) or 1.0)
+        if using not in self._matrices:
+            having = [r for r in self._points() if (r.vector or {}).get(using) is not None]
+            matrix = np.asarray([r.vector[using] for r in having], dtype=np.float32).reshape(len(having), -1)
+            self._matrices[using] = (having, matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12))
+        records, matrix = self._matrices[using]
+        if not records:
+            return []
+        scores = matrix @ (vector / (np.linalg.norm(vector) or 1.0))
         hits = []
-        for record in self._points():
-            stored = (record.vector or {}).get(using)
-            if stored is None or not (filters or SearchFilters()).matches(record.payload):
-                continue
-            stored = np.asarray(stored, dtype=np.float32)
-            score = float(stored @ query / (np.linalg.norm(stored) or 1.0))
-            if score_threshold is None or score >= score_threshold:
+        for index in np.argsort(-scores, kind="stable"):
+            record, score = records[index], float(scores[index])
+            if score_threshold is not None and score < score_threshold:
+                break
+            if (filters or SearchFilters()).matches(record.payload):
                 hits.append(Hit(record.payload["product_id"], score, dict(record.payload)))
-        hits.sort(key=lambda h: -h.score)
+                if len(hits) >= offset + limit:
+                    break
         return hits[offset: offset + limit]
 
     def keyword_search(self, text: str, limit: int = 10, filters: SearchFilters | None = None, offset: int = 0) -> list[Hit]:
-        points = self._points()
-        documents = []
-        for record in points:
-            p = record.payload
-            documents.append(Counter(tokens(" ".join([p.get("title", ""), p.get("description", ""),
-                                                     *map(str, (p.get("attributes") or {}).values())]))))
+        points, documents = self._points(), self._documents()
         if not documents:
             return []
         average = sum(sum(d.values()) for d in documents) / len(documents)
         frequency = Counter(t for d in documents for t in d)
+        terms = set(tokens(text))
         hits = []
         for record, document in zip(points, documents):
             if not (filters or SearchFilters()).matches(record.payload):
                 continue
             length = sum(document.values())
             score = 0.0
-            for term in set(tokens(text)):
+            for term in terms:
                 tf = document.get(term, 0)
                 if tf:
                     idf = math.log(1 + (len(documents) - frequency[term] + 0.5) / (frequency[term] + 0.5))
@@ -126,6 +145,10 @@ class ShimStore:
         excluded = SearchFilters(base.category, base.price_min, base.price_max, base.attributes, base.modalities,
                                  (*base.exclude_product_ids, *positive_ids, *negative_ids))
         return self.search(using, target, limit, excluded, offset, score_threshold)
+
+    def product_point(self, product_id: str, vectors: Mapping[str, np.ndarray], payload: dict[str, Any]) -> Any:
+        """What ``upsert`` takes (the agreed interface: ``ProductPoint``)."""
+        return models.PointStruct(id=point_id(product_id), vector={k: v.tolist() for k, v in vectors.items()}, payload=payload)
 
     def vectors(self, product_ids: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
         found: dict[str, dict[str, np.ndarray]] = {}

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from streams.settings import ENV_PREFIX, Settings
-from streams.tools.cli import build_parser, main
+from streams.tools.cli import build_parser, main, query_from_args
 from streams.tools.client import format_table
 
-COMMANDS = ["up", "down", "status", "settings", "worker", "publish", "similar", "search", "export", "bench", "demo",
-            "make-videos", "train", "eval", "reindex", "dead-letters", "wait", "recommend", "serve"]
+COMMANDS = ["up", "down", "status", "settings", "worker", "serve", "publish", "similar", "search", "recommend", "export",
+            "bench", "demo",
+            "make-videos", "train", "eval", "reindex", "dead-letters", "wait"]
 
 
 @pytest.fixture(autouse=True)
@@ -192,14 +193,24 @@ def test_publish_arguments():
     assert (defaults.mapping, defaults.version, defaults.limit, defaults.delete) == (None, None, None, False)
 
 
-def test_query_arguments():
+def test_query_arguments_become_the_api_request():
     args = build_parser().parse_args(["similar", "53010", "-k", "3", "--category", "Apparel > Topwear",
-                                      "--price-min", "100", "--price-max", "999.5", "--json"])
-    assert (args.product_id, args.k, args.category, args.price_min, args.price_max, args.json) == (
-        "53010", 3, "Apparel > Topwear", 100.0, 999.5, True,
-    )
-    search = build_parser().parse_args(["search", "--text", "red shoes"])
-    assert (search.text, search.image, search.video, search.k) == ("red shoes", None, None, 10)
+                                      "--price-min", "100", "--price-max", "999.5", "--json", "--offset", "3",
+                                      "--attr", "gender=Women", "--attr", "baseColour=Red", "--attr", "baseColour=Pink",
+                                      "--has", "image", "--exclude", "1", "--score-threshold", "0.5"])
+    assert query_from_args(args) == {
+        "type": "similar", "product_id": "53010", "limit": 3, "offset": 3, "score_threshold": 0.5,
+        "filter": {"category": "Apparel > Topwear", "price_min": 100.0, "price_max": 999.5,
+                   "attributes": {"gender": ["Women"], "baseColour": ["Red", "Pink"]}, "modalities": ["image"],
+                   "exclude_product_ids": ["1"]},
+    }
+    search = build_parser().parse_args(["search", "--text", "red shoes", "--mode", "keyword"])
+    assert query_from_args(search) == {"type": "text", "text": "red shoes", "mode": "keyword", "limit": 10, "offset": 0}
+    recommend = build_parser().parse_args(["recommend", "1", "2", "--negative", "3"])
+    assert query_from_args(recommend) == {"type": "recommend", "positive": ["1", "2"], "negative": ["3"],
+                                          "limit": 10, "offset": 0}
+    with pytest.raises(ValueError, match="--attr 'gender': expected KEY=VALUE"):
+        query_from_args(build_parser().parse_args(["search", "--text", "x", "--attr", "gender"]))
 
 
 @pytest.mark.parametrize("argv", [["search"], ["search", "--text", "a", "--image", "b.jpg"], ["similar"],
@@ -257,27 +268,27 @@ def test_status_with_nothing_running(monkeypatch, capsys, tmp_path):
 
 
 def test_format_table_columns():
-    rows = [
-        {"rank": 1, "product_id": "53010", "score": 0.912345, "title": "FNF Yellow Printed Sari",
-         "category": "Apparel > Saree > Sarees", "price": 499.0, "modalities": ["image", "text"]},
-        {"rank": 2, "product_id": "1234567890123", "score": 0.5, "title": "T" * 60, "category": "", "price": None},
+    hits = [
+        {"rank": 1, "product_id": "53010", "score": 0.912345, "score_kind": "rrf", "title": "FNF Yellow Printed Sari",
+         "category": ["Apparel", "Saree", "Sarees"], "price": 499.0, "modalities": ["image", "text"],
+         "scores": {"text": 0.8, "image": None, "video": None, "keyword": 3.5}},
+        {"rank": 2, "product_id": "1234567890123", "score": 0.5, "score_kind": "cosine", "title": "T" * 60,
+         "category": [], "price": None, "scores": {}},
     ]
-    lines = format_table(rows).splitlines()
+    lines = format_table(hits).splitlines()
     assert len(lines) == 3
-    assert lines[0].split() == ["rank", "product_id", "score", "title", "category", "price"]
-    header = lines[0]
-    starts = {name: header.index(name) for name in ("rank", "product_id", "score", "title", "category", "price")}
-    assert starts == {"rank": 0, "product_id": 6, "score": 18, "title": 27, "category": 77, "price": 119}
+    names = ["rank", "product_id", "score", "kind", "text", "image", "keyword", "title", "category", "price"]
+    assert lines[0].split() == names
+    starts = {name: lines[0].index(name) for name in names}
     first, second = lines[1], lines[2]
-    assert first[starts["product_id"]:].startswith("53010 ")
     assert first[starts["score"]:].startswith("0.9123 ")  # four decimals
-    assert first[starts["title"]:].startswith("FNF Yellow Printed Sari ")
+    assert first[starts["kind"]:].startswith("rrf ")
+    assert first[starts["text"]:].startswith("0.8000 ") and first[starts["image"]:].startswith("  ")
+    assert first[starts["keyword"]:].startswith("3.5000 ")
     assert first[starts["category"]:].startswith("Apparel > Saree > Sarees ")
     assert first[starts["price"]:] == "499.0"
-    assert "modalities" not in header and "image" not in first
     assert second[starts["product_id"]:starts["score"]] == "1234567890  "  # cut to the column width
-    # title cut to 48; empty category and no price leave nothing, and no trailing blanks
-    assert second[starts["title"]:] == "T" * 48
+    assert second[starts["title"]:] == "T" * 44  # cut to 44, no trailing blanks
 
 
 def test_format_table_no_results():
@@ -299,7 +310,10 @@ def test_similar_with_no_worker_and_an_empty_store_names_the_product(monkeypatch
     assert main(["search", "--text", "red running shoes", "--category", "Footwear"]) == 0
     assert capsys.readouterr().out.strip() == "no results"
     assert main(["search", "--text", "red running shoes", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    assert json.loads(capsys.readouterr().out)["hits"] == []
+    # a malformed query is refused by the same API, naming the field
+    assert main(["search", "--text", "shoes", "-k", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "shelfstream search: error: limit: Input should be greater than or equal to 1"
 
 
 def test_the_worker_path_imports_no_torch():

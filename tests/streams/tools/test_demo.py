@@ -21,7 +21,7 @@ def test_the_demo_indexes_the_sample_catalog_answers_and_stops_its_services(mode
     settings = Settings.from_env(env={}, state_dir=str(tmp_path), model_dir=str(model_dir), web_port=port)
     assert run_demo(settings) == 0
     out = capsys.readouterr().out
-    assert out.rstrip().splitlines()[-1] == "demo ok: 300 products indexed, 7 queries answered"
+    assert out.rstrip().splitlines()[-1] == "demo ok: 300 products indexed, 9 queries answered"
     assert "re-encoded 0 modalities" in out
     assert _processes_running_in(tmp_path) == []  # broker, redis and worker all stopped
 

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from streams.worker.pipeline import IncomingMessage, Pipeline
-from streams.worker.search import Searcher
+from streams.worker.search import Page, Searcher
 
 DEMO_CATALOG = Path(__file__).resolve().parents[3] / "demo" / "catalog"
 pytest.importorskip("torch")
@@ -57,7 +57,7 @@ def test_a_text_query_finds_a_product_by_its_photo(pipeline, catalog):
     others = [e for e in catalog if e.category[-1] != "Watches"]
     pipeline.process([IncomingMessage(e.to_bytes()) for e in [anonymous, *others]])
     searcher = Searcher(pipeline.store, pipeline.encoders, pipeline.settings.max_image_pixels)
-    hits = searcher.by_text("wrist watch", k=5)
+    hits = searcher.by_text("wrist watch", page=Page(5), mode="dense")
     assert "anonymous-watch" in [hit.product_id for hit in hits]
     text_only = pipeline.store.search("text", pipeline.encoders.fusion.project(
         text=pipeline.encoders.text.encode(["wrist watch"]))["text"][0], 5)

@@ -245,16 +245,16 @@ def test_an_oversized_video_is_refused_before_decoding(settings, catalog, clip):
 
 
 def test_search_by_video_finds_the_product_by_its_video_or_its_photo(pipeline, catalog, settings, clip):
-    from streams.worker.search import Searcher
+    from streams.worker.search import Page, Searcher
 
     pipeline.process(messages(catalog[0].derive(video_uri=clip), *catalog[1:20]))
     searcher = Searcher(pipeline.store, pipeline.encoders, settings.max_image_pixels)
     data = (Path(settings.media_root) / clip).read_bytes()
-    assert searcher.by_video(data, k=3)[0].product_id == catalog[0].product_id
+    assert searcher.by_video(data, page=Page(3))[0].product_id == catalog[0].product_id
     # without a video stored, the photo alone still matches the clip
     pipeline.process(messages(catalog[0].derive(version=2, video_uri=None)))
     assert "video" not in pipeline.store.get(catalog[0].product_id, with_vectors=True).vector
-    assert searcher.by_video(data, k=3)[0].product_id == catalog[0].product_id
+    assert searcher.by_video(data, page=Page(3))[0].product_id == catalog[0].product_id
 
 
 def test_a_delete_wins_a_tie_with_the_stored_version(pipeline, catalog):

@@ -10,7 +10,7 @@ import pytest
 
 from streams.worker.pipeline import IncomingMessage, Pipeline
 from streams.worker.reindex import ReindexJob, run_reindex
-from streams.worker.search import Searcher
+from streams.worker.search import Page, Searcher
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def test_reindex_moves_queries_to_the_new_version_without_reencoding(settings, c
         newer = products[0].derive(version=7, price=1.0)
         new.process(messages(newer))
         searcher = Searcher(new.store, new.encoders, settings.max_image_pixels)
-        served = searcher.similar(products[1].product_id, k=3)
+        served = searcher.similar(products[1].product_id, page=Page(3))
         assert all(hit.payload["model_version"]["fusion"] == "concat-w0.5" for hit in served)
 
         seen: list[int] = []
@@ -54,7 +54,7 @@ def test_reindex_moves_queries_to_the_new_version_without_reencoding(settings, c
         for product_id, point in points.items():
             assert point.payload["model_version"]["fusion"] == "concat-w0.2"
             assert not np.allclose(point.vector["fused"], old_vectors[product_id], atol=1e-4)
-        served = searcher.similar(products[1].product_id, k=3)
+        served = searcher.similar(products[1].product_id, page=Page(3))
         assert all(hit.payload["model_version"]["fusion"] == "concat-w0.2" for hit in served)
 
         again = run_reindex(new, ReindexJob())
@@ -64,8 +64,7 @@ def test_reindex_moves_queries_to_the_new_version_without_reencoding(settings, c
 
 
 def test_reindex_through_the_running_worker_that_holds_local_mode(settings, catalog, tmp_path):
-    from streams.adapters.store import SearchFilters
-    from streams.tools.client import query_request, reindex_command, run_query
+    from streams.tools.client import reindex_command, run_query
     from streams.tools.runner import WorkerProcess
 
     products = catalog[:8]
@@ -74,11 +73,11 @@ def test_reindex_through_the_running_worker_that_holds_local_mode(settings, cata
     old.close()
     new_settings = dataclasses.replace(settings, text_weight=0.2)
     with WorkerProcess(new_settings, tmp_path / "worker.log"):
-        before = run_query(new_settings, query_request("similar", products[0].product_id, 3, SearchFilters()))
+        before = run_query(new_settings, {"type": "similar", "product_id": products[0].product_id, "limit": 3})["hits"]
         job = reindex_command(new_settings)  # the worker holds the Qdrant folder: it must do the work
         assert job.state == "done", job.message
         assert job.counts["reindexed"] == len(products) and job.counts.get("encoded_image", 0) == 0
-        after = run_query(new_settings, query_request("similar", products[0].product_id, 3, SearchFilters()))
+        after = run_query(new_settings, {"type": "similar", "product_id": products[0].product_id, "limit": 3})["hits"]
     assert [row["product_id"] for row in before] and [row["product_id"] for row in after]
     assert before != after  # scores now come from the new fusion's vectors
 

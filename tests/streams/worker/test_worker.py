@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 
 from streams.adapters.kafka import read_topic
-from streams.adapters.store import ProductStore, SearchFilters
+from streams.adapters.store import ProductStore
 from streams.settings import Settings
 from streams.tools.cli import main
-from streams.tools.client import get_json, query_request, run_query
+from streams.tools.client import ApiError, Client, run_query
 from streams.tools.publish import publish_events, publish_raw
 from streams.tools.runner import WorkerProcess
 from streams.worker.app import REASON_HEADER
 from streams.worker.encoders import load_encoders
-from streams.worker.search import QueryError
 
 pytestmark = pytest.mark.integration
 
@@ -55,16 +54,18 @@ def test_worker_indexes_updates_deletes_and_dead_letters(settings: Settings, cat
         assert stats["counts"]["encoded_text"] == len(products)
         assert stats["counts"]["encoded_image"] == len(products)
         assert stats["counts"]["payload_only"] == 1
-        product = get_json(f"{settings.worker_url}/products/{cut.product_id}")
+        with Client.remote(settings) as client:
+            product = client.product(cut.product_id)
         assert product["payload"]["price"] == 10.0 and product["payload"]["version"] == 2
 
         # queries answer while the worker holds Qdrant local mode
-        similar = run_query(settings, query_request("similar", products[1].product_id, 5, SearchFilters()))
-        assert len(similar) == 5 and products[1].product_id not in {row["product_id"] for row in similar}
-        found = run_query(settings, query_request("text", products[2].title, 3, SearchFilters()))
+        similar = run_query(settings, {"type": "similar", "product_id": products[1].product_id, "limit": 5})["hits"]
+        assert len(similar) == 5 and products[1].product_id not in {hit["product_id"] for hit in similar}
+        found = run_query(settings, {"type": "text", "text": products[2].title, "limit": 3, "mode": "dense"})["hits"]
         assert found[0]["product_id"] == products[2].product_id
-        with pytest.raises(QueryError, match="not_an_image"):
-            run_query(settings, query_request("image", b"not an image at all", 3, SearchFilters()))
+        with pytest.raises(ApiError, match="not_an_image") as refused:
+            run_query(settings, {"type": "image", "file": b"not an image at all", "limit": 3})
+        assert refused.value.status == 422
 
         # a delete removes the point; a replay of the old version does not bring it back
         publish_raw(settings, [(products[3].product_id.encode(),
@@ -72,8 +73,8 @@ def test_worker_indexes_updates_deletes_and_dead_letters(settings: Settings, cat
         publish_events(settings, [products[3]])
         worker.wait_until(lambda s: s["counts"].get("deleted", 0) == 1 and s["counts"].get("stale_skipped", 0) >= 1,
                           60, "the delete and the replay")
-        with pytest.raises(QueryError, match="not indexed"):
-            get_json(f"{settings.worker_url}/products/{products[3].product_id}")
+        with pytest.raises(ApiError, match="not indexed"), Client.remote(settings) as client:
+            client.product(products[3].product_id)
         assert worker.stats()["points"] == len(products) - 1
 
     # the worker is gone: Qdrant's folder is free, read every point directly
