@@ -93,6 +93,7 @@ def extract_features(
     Video vectors are the worker's: sampled frames through the image encoder, pooled, so they
     live in the image space. A missing or undecodable file leaves the modality absent.
     """
+    catalog.check_media()
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     vectors: dict[str, np.ndarray] = {}

@@ -1,4 +1,5 @@
-"""The one torch -> ONNX export used by every model of the project (encoders now, fusion heads later).
+"""The one torch -> ONNX export used by every model of the project (the text and image
+encoders and the trained fusion heads).
 
 Every export is checked against torch in onnxruntime on the sample batch and on a second batch
 whose dynamic axes all have other sizes, so a shape baked into the graph by tracing fails here

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import faust
 
 from encoders_onnx.text import encoder_text
+from streams.settings import Settings
 
 SCHEMA_VERSION = 1
 OPS = ("upsert", "delete")
@@ -41,22 +42,23 @@ class EventError(ValueError):
 @dataclass(frozen=True)
 class EventLimits:
     """Bounds on every field of an event. The names are those of the ``Settings`` knobs
-    (``SHELFSTREAM_MAX_TITLE_CHARS``, ...), so a dead letter names the knob to raise."""
+    (``SHELFSTREAM_MAX_TITLE_CHARS``, ...), whose defaults they take, so a dead letter names the
+    knob to raise."""
 
-    max_event_bytes: int = 1_000_000
-    max_id_chars: int = 256
-    max_title_chars: int = 1_000
-    max_description_chars: int = 20_000
-    max_attributes: int = 100
-    max_attribute_key_chars: int = 100
-    max_attribute_value_chars: int = 1_000
-    max_category_levels: int = 10
-    max_category_level_chars: int = 200
-    max_image_uris: int = 32
-    max_uri_chars: int = 4_096
+    max_event_bytes: int
+    max_id_chars: int
+    max_title_chars: int
+    max_description_chars: int
+    max_attributes: int
+    max_attribute_key_chars: int
+    max_attribute_value_chars: int
+    max_category_levels: int
+    max_category_level_chars: int
+    max_image_uris: int
+    max_uri_chars: int
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "EventLimits":
+    def from_settings(cls, settings: Settings) -> "EventLimits":
         return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
     def check(self, knob: str, size: int, what: str) -> None:
@@ -66,7 +68,7 @@ class EventLimits:
             raise EventError(f"{what} is {size}, over the limit of {limit} (SHELFSTREAM_{knob.upper()})", OVER_LIMIT)
 
 
-DEFAULT_LIMITS = EventLimits()
+DEFAULT_LIMITS = EventLimits.from_settings(Settings())
 MAX_ID_LENGTH = DEFAULT_LIMITS.max_id_chars
 
 

@@ -1,25 +1,22 @@
-"""Publishing product events: from CSV or JSONL catalogs through a documented column mapping,
-with an idempotent confluent-kafka producer keyed by product id.
+"""Publishing product events: from CSV or JSONL catalogs through the one catalog reader and
+mapping dialect (``exporters/catalog.py``), with an idempotent confluent-kafka producer keyed
+by product id.
 
-A mapping is a JSON object from event fields to the catalog's columns:
+A mapping names, for each event field, the catalog column(s) that hold it, e.g.
+``demo/catalog/mapping.json``:
 
     {"product_id": "id", "title": "productDisplayName",
      "category": ["masterCategory", "subCategory", "articleType"],
      "attributes": ["gender", "baseColour"], "image_uris": "image",
      "currency": {"value": "INR"}}
 
-- a string names one column; for ``image_uris`` its value may hold several URIs split by ``|``;
-- a list under ``category`` joins those columns into a category path, under ``attributes`` it
-  makes one attribute per column (named after it);
-- ``{"value": ...}`` is a constant.
-Without a mapping, columns (or JSONL keys) are taken as the event's own field names. Relative
-media paths are resolved against the catalog file's folder and published as ``file://`` URIs.
+Fields the mapping leaves out are read from the column of their own name. Relative media paths
+are resolved against the catalog file's folder (or the mapping's ``media_root``) and published
+as ``file://`` URIs. A mapping that names a column the file lacks is refused up front.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -29,13 +26,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from tqdm import tqdm
 
+from exporters.catalog import BadRow, CatalogMapping, map_row, mapping_values, media_root_of, read_rows, report_skipped
 from streams.adapters.kafka import ensure_topics, idempotent_producer
 from streams.schema.events import EventError, ProductEvent, event_from_dict
 from streams.settings import Settings
 
-EVENT_FIELDS = ("op", "product_id", "version", "title", "description", "attributes", "category",
-                "price", "currency", "image_uris", "video_uri", "event_time")
-MEDIA_FIELDS = ("image_uris", "video_uri")
 NUMERIC_FIELDS = ("price", "version", "event_time")
 
 
@@ -55,74 +50,50 @@ class PublishReport:
 
 
 def load_mapping(path_or_json: str | None) -> dict[str, Any]:
-    """A mapping from a JSON file path or an inline JSON object; ``None`` is the identity mapping."""
-    if not path_or_json:
-        return {}
-    text = path_or_json if path_or_json.lstrip().startswith("{") else Path(path_or_json).read_text()
-    mapping = json.loads(text)
-    unknown = set(mapping) - set(EVENT_FIELDS)
-    if unknown:
-        raise ValueError(f"mapping names unknown event fields {sorted(unknown)}; known: {', '.join(EVENT_FIELDS)}")
-    return mapping
+    """A mapping from a JSON file path or an inline JSON object; ``None`` is the identity mapping.
+    Its keys are checked here, so a typo is reported before anything is published."""
+    values = mapping_values(path_or_json)
+    catalog_mapping(values)
+    return values
 
 
-def read_rows(path: Path) -> Iterator[dict[str, Any] | ValueError]:
-    """Rows of a CSV (header line) or JSONL catalog; a line that is not a JSON object comes as a
-    ValueError in its place, so one bad line does not end the catalog."""
-    if path.suffix.lower() in {".jsonl", ".ndjson", ".json"}:
-        with path.open(encoding="utf-8") as lines:
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield ValueError(f"not valid JSON ({exc})")
-                    continue
-                yield row if isinstance(row, dict) else ValueError(f"not a JSON object but {type(row).__name__}")
-    else:
-        with path.open(encoding="utf-8", newline="") as handle:
-            yield from csv.DictReader(handle)
+def catalog_mapping(values: Mapping[str, Any]) -> CatalogMapping:
+    """``values`` over the identity mapping: an event field left out is read from its own column."""
+    return CatalogMapping.from_dict(values, CatalogMapping.event_identity())
 
 
 def row_to_event_dict(row: Mapping[str, Any], mapping: Mapping[str, Any], media_base: Path, version: int) -> dict[str, Any]:
     """Apply the mapping to one row; the result is validated by ``event_from_dict``."""
-    data: dict[str, Any] = {}
-    for name in EVENT_FIELDS:
-        spec = mapping.get(name, name)
-        if isinstance(spec, dict):
-            value = spec.get("value")
-        elif isinstance(spec, list):
-            value = ([str(row[c]) for c in spec if row.get(c) not in (None, "")] if name == "category"
-                     else {c: str(row[c]) for c in spec if row.get(c) not in (None, "")})
-        else:
-            value = row.get(spec)
-        if value not in (None, ""):
-            data[name] = value
+    return _event_dict(row, catalog_mapping(mapping), media_base, version)
+
+
+def _event_dict(row: Mapping[str, Any], mapping: CatalogMapping, media_root: Path, version: int) -> dict[str, Any]:
+    data = map_row(row, mapping, media_root)
     for name in NUMERIC_FIELDS:
         if isinstance(data.get(name), str):
             data[name] = _number(data[name], name)
     data.setdefault("op", "upsert")
     data.setdefault("version", version)
     if "image_uris" in data:
-        uris = data["image_uris"].split("|") if isinstance(data["image_uris"], str) else data["image_uris"]
-        data["image_uris"] = [_media_uri(uri, media_base) for uri in uris if uri]
+        data["image_uris"] = [_uri(uri) for uri in data["image_uris"]]
     if "video_uri" in data:
-        data["video_uri"] = _media_uri(data["video_uri"], media_base)
+        data["video_uri"] = _uri(data["video_uri"])
     return data
 
 
 def catalog_events(path: Path, mapping: Mapping[str, Any], version: int | None = None,
                    on_error: Callable[[int, str], None] | None = None) -> Iterator[ProductEvent]:
-    """Events for every valid row; invalid rows are reported through ``on_error`` and skipped."""
+    """Events for every valid row; invalid rows are reported through ``on_error`` and skipped
+    (without ``on_error`` the first one raises)."""
     version = int(time.time() * 1000) if version is None else version
-    media_base = path.resolve().parent
-    for number, row in enumerate(read_rows(path), start=1):
+    resolved = catalog_mapping(mapping)
+    media_root = media_root_of(path.resolve(), resolved)
+    for number, row in read_rows(path):
         try:
-            if isinstance(row, ValueError):
-                raise row
-            yield event_from_dict(row_to_event_dict(row, mapping, media_base, version))
-        except (EventError, ValueError, KeyError) as exc:
+            if isinstance(row, BadRow):
+                raise ValueError(row.reason)
+            yield event_from_dict(_event_dict(row, resolved, media_root, version))
+        except (EventError, ValueError) as exc:
             if on_error is None:
                 raise
             on_error(number, str(exc))
@@ -185,30 +156,30 @@ def publish_raw(settings: Settings, records: Iterable[tuple[bytes | None, bytes]
 
 def publish_file(settings: Settings, path: Path, mapping: Mapping[str, Any], version: int | None = None,
                  limit: int | None = None, progress: bool = True) -> PublishReport:
+    """Publish a catalog file; a mapping that names a column the file lacks raises ValueError
+    before anything is sent, and so does a file whose every row is rejected (the command then
+    exits non-zero). Rejected rows are reported on stderr and counted."""
+    catalog_mapping(mapping).check_columns(path, [key for key in mapping])
     rejected: list[str] = []
+    report_row = report_skipped(path)
 
     def reject(number: int, reason: str) -> None:
         rejected.append(f"row {number}: {reason}")
-        print(f"skipped {path.name} row {number}: {reason}", file=sys.stderr)
+        report_row(number, reason)
 
     events: Iterable[ProductEvent] = catalog_events(path, mapping, version, on_error=reject)
     if limit is not None:
         events = islice(events, limit)
-    total = limit if limit is not None else _count_rows(path)
+    total = limit if limit is not None else sum(1 for _ in read_rows(path))
     report = publish_events(settings, events, total=total, progress=progress)
+    if rejected and not report.published:
+        raise ValueError(f"{path}: every row was rejected ({len(rejected)}; first {rejected[0]}): check the mapping")
     return PublishReport(report.published, len(rejected), report.seconds)
 
 
-def _count_rows(path: Path) -> int:
-    with path.open("rb") as handle:
-        lines = sum(1 for line in handle if line.strip())
-    return lines - (0 if path.suffix.lower() in {".jsonl", ".ndjson", ".json"} else 1)
-
-
-def _media_uri(uri: str, base: Path) -> str:
-    if "://" in uri or Path(uri).is_absolute():
-        return uri
-    return (base / uri).resolve().as_uri()
+def _uri(media: str | Path) -> str:
+    """A local path resolved under the media root becomes a ``file://`` URI; the rest stays."""
+    return media.resolve().as_uri() if isinstance(media, Path) else media
 
 
 def _number(value: str, name: str) -> float | int:

@@ -8,7 +8,6 @@ downstream (demux, keyframe flags, decoder quirks) is exercised as with a seller
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 from pathlib import Path
@@ -16,6 +15,18 @@ from typing import Iterable, Sequence
 
 import av
 from PIL import Image
+
+from exporters.catalog import (
+    BadRow,
+    CatalogMapping,
+    OnError,
+    add_mapping_arguments,
+    map_row,
+    mapping_from_args,
+    media_root_of,
+    read_rows,
+    report_skipped,
+)
 
 # codec name -> (PyAV encoder, container suffix, encoder options tuned for speed)
 CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
@@ -126,35 +137,43 @@ def make_videos(
 
 
 def catalog_products(
-    catalog_csv: str | Path, id_column: str = "id", image_column: str = "image", separator: str = "|"
+    catalog: str | Path, mapping: CatalogMapping = CatalogMapping(), on_error: OnError | None = None
 ) -> list[tuple[str, list[Path]]]:
-    """(product id, image paths) from a CSV; ``image_column`` holds paths (several joined by ``separator``)
-    relative to the CSV's folder, as in the Myntra ``products.csv``. Rows without an image are left out."""
-    catalog_csv = Path(catalog_csv)
-    with catalog_csv.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    """(product id, local image paths) of a catalog, read by the one catalog reader (``image``
+    may hold several paths joined by ``|``, relative to the media root: by default the
+    catalog's folder, as in the Myntra ``products.csv``). Rows without a local image are left
+    out; unreadable rows are reported through ``on_error`` (default: stderr) and skipped."""
+    catalog = Path(catalog)
+    mapping.check_columns(catalog, ["id", "image"])
+    media_root = media_root_of(catalog, mapping)
+    on_error = on_error or report_skipped(catalog)
     products = []
-    for row in rows:
-        paths = [catalog_csv.parent / p.strip() for p in (row.get(image_column) or "").split(separator) if p.strip()]
-        if paths:
-            products.append((row[id_column], paths))
+    for number, row in read_rows(catalog):
+        if isinstance(row, BadRow):
+            on_error(number, row.reason)
+            continue
+        data = map_row(row, mapping, media_root)
+        paths = [Path(uri) for uri in data.get("image_uris", []) if "://" not in str(uri)]
+        if not data.get("product_id"):
+            on_error(number, "empty product id")
+        elif paths:
+            products.append((str(data["product_id"]), paths))
     return products
 
 
 def add_make_videos_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``shelfstream make-videos``."""
-    parser.add_argument("catalog", type=Path, help="catalog CSV with an id column and an image-path column")
+    """The options of ``shelfstream make-videos``: the catalog is mapped as for publish and train."""
+    parser.add_argument("catalog", type=Path, help="catalog CSV or JSONL with an id column and an image-path column")
     parser.add_argument("out_dir", type=Path, help="folder the clips are written to")
     parser.add_argument("--count", type=int, default=None, help="at most this many products get a clip")
     parser.add_argument("--codecs", default="h264,vp9", help=f"comma-separated, from {', '.join(CODECS)}")
     parser.add_argument("--seconds", type=float, default=5.0, help="clip length")
-    parser.add_argument("--id-column", default="id")
-    parser.add_argument("--image-column", default="image", help="image paths relative to the CSV, '|'-separated")
+    add_mapping_arguments(parser.add_argument_group("column mapping (see exporters/catalog.py)"))
 
 
 def make_videos_main(args: argparse.Namespace) -> list[tuple[str, Path]]:
     """``shelfstream make-videos``: clips for the first ``--count`` products of the catalog."""
-    products = catalog_products(args.catalog, args.id_column, args.image_column)
+    products = catalog_products(args.catalog, mapping_from_args(args))
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     made = make_videos(products, args.out_dir, codecs=codecs, count=args.count, seconds=args.seconds)
     print(f"wrote {len(made)} clips to {args.out_dir}")

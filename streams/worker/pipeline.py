@@ -179,6 +179,43 @@ class EncodedProduct:
     failures: Mapping[str, Failure]
 
 
+# -- the two stages that need no service: newest per product, plan against stored state ---------
+
+
+def newest_per_product(
+    parsed: Sequence[tuple[ProductEvent, IncomingMessage]], counts: Counter
+) -> dict[str, tuple[ProductEvent, IncomingMessage]]:
+    """Keep only the highest version of each product in the batch; count what is dropped."""
+    latest: dict[str, tuple[ProductEvent, IncomingMessage]] = {}
+    for event, message in parsed:
+        seen = latest.get(event.product_id)
+        if seen is None or event.version > seen[0].version:
+            if seen is not None:
+                counts["stale_skipped"] += 1
+            latest[event.product_id] = (event, message)
+        elif event.version == seen[0].version:
+            counts["duplicates"] += 1
+        else:
+            counts["stale_skipped"] += 1
+    return latest
+
+
+def plan_against(events: Sequence[ProductEvent], current: Mapping[str, StoredState]) -> Plan:
+    """Older than stored: stale. Same version: a duplicate, except that a delete wins a tie with
+    a live point. Otherwise delete or upsert."""
+    deletes, upserts, stale, duplicates = [], [], 0, 0
+    for event in events:
+        known = current.get(event.product_id)
+        if known is not None and event.version < known.version:
+            stale += 1
+        elif known is not None and event.version == known.version and not (
+                event.op == "delete" and known.fingerprint is not None):
+            duplicates += 1
+        else:
+            (deletes if event.op == "delete" else upserts).append(event)
+    return Plan(tuple(deletes), tuple(upserts), stale, duplicates)
+
+
 class Pipeline:
     def __init__(self, settings: Settings, encoders: Encoders, cache: FeatureCache, store: ProductStore,
                  tombstones: Tombstones, metrics: WorkerMetrics | None = None) -> None:
@@ -194,7 +231,7 @@ class Pipeline:
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
         # read-decide-write of a batch and of a re-index page must not interleave, or an older
         # version could be written over a newer one between the check and the write
-        self._apply = threading.Lock()
+        self._applying = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: WorkerMetrics | None = None) -> "Pipeline":
@@ -239,7 +276,7 @@ class Pipeline:
         """Bring the store up to date with ``events`` (at most one per product), planned against
         what is stored and the tombstones; per-product failures come back in ``failures``."""
         outcome = BatchOutcome()
-        with self._apply:
+        with self._applying:
             current = self._current([e.product_id for e in events])
             plan = plan_against(events, current)
             outcome.counts["stale_skipped"] += plan.stale
@@ -462,43 +499,6 @@ class Pipeline:
             "model_version": self.encoders.versions,
             "fingerprint": product.fingerprint,
         }
-
-
-# -- pure stages ----------------------------------------------------------------------------------
-
-
-def newest_per_product(
-    parsed: Sequence[tuple[ProductEvent, IncomingMessage]], counts: Counter
-) -> dict[str, tuple[ProductEvent, IncomingMessage]]:
-    """Keep only the highest version of each product in the batch; count what is dropped."""
-    latest: dict[str, tuple[ProductEvent, IncomingMessage]] = {}
-    for event, message in parsed:
-        seen = latest.get(event.product_id)
-        if seen is None or event.version > seen[0].version:
-            if seen is not None:
-                counts["stale_skipped"] += 1
-            latest[event.product_id] = (event, message)
-        elif event.version == seen[0].version:
-            counts["duplicates"] += 1
-        else:
-            counts["stale_skipped"] += 1
-    return latest
-
-
-def plan_against(events: Sequence[ProductEvent], current: Mapping[str, StoredState]) -> Plan:
-    """Older than stored: stale. Same version: a duplicate, except that a delete wins a tie with
-    a live point. Otherwise delete or upsert."""
-    deletes, upserts, stale, duplicates = [], [], 0, 0
-    for event in events:
-        known = current.get(event.product_id)
-        if known is not None and event.version < known.version:
-            stale += 1
-        elif known is not None and event.version == known.version and not (
-                event.op == "delete" and known.fingerprint is not None):
-            duplicates += 1
-        else:
-            (deletes if event.op == "delete" else upserts).append(event)
-    return Plan(tuple(deletes), tuple(upserts), stale, duplicates)
 
 
 def _stored_fingerprint(current: Mapping[str, StoredState], product: Fetched) -> str | None:

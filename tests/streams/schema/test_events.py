@@ -327,3 +327,101 @@ def test_derive_does_not_share_collections_with_the_original():
     assert event.category == ["Apparel", "Saree", "Sarees"]
     assert event.attributes["gender"] == "Women"
     assert len(event.image_uris) == 2
+
+
+# -- limits: every field bounded, the knob named -------------------------------------------------
+
+from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+from streams.schema.events import MAX_VERSION, OVER_LIMIT, EventLimits  # noqa: E402
+
+SMALL = EventLimits(max_event_bytes=2_000, max_id_chars=8, max_title_chars=10, max_description_chars=20, max_attributes=2,
+                    max_attribute_key_chars=5, max_attribute_value_chars=6, max_category_levels=3,
+                    max_category_level_chars=7, max_image_uris=2, max_uri_chars=30)
+
+
+@pytest.mark.parametrize(
+    "fields, knob",
+    [
+        ({"product_id": "x" * 9}, "MAX_ID_CHARS"),
+        ({"title": "t" * 11}, "MAX_TITLE_CHARS"),
+        ({"description": "d" * 21}, "MAX_DESCRIPTION_CHARS"),
+        ({"attributes": {"a": "1", "b": "2", "c": "3"}}, "MAX_ATTRIBUTES"),
+        ({"attributes": {"colour": "red"}}, "MAX_ATTRIBUTE_KEY_CHARS"),
+        ({"attributes": {"size": "1234567"}}, "MAX_ATTRIBUTE_VALUE_CHARS"),
+        ({"category": ["a", "b", "c", "d"]}, "MAX_CATEGORY_LEVELS"),
+        ({"category": " > ".join(["level"] * 100)}, "MAX_CATEGORY_LEVELS"),
+        ({"category": ["Apparel!"]}, "MAX_CATEGORY_LEVEL_CHARS"),
+        ({"image_uris": ["a.jpg", "b.jpg", "c.jpg"]}, "MAX_IMAGE_URIS"),
+        ({"video_uri": "v" * 31}, "MAX_URI_CHARS"),
+        ({"description": "d" * 1_990}, "MAX_EVENT_BYTES"),
+    ],
+)
+def test_every_field_over_its_limit_is_rejected_naming_the_knob(fields, knob):
+    with pytest.raises(EventError) as info:
+        parse_event(raw(**{**upsert(title="Shirt"), **fields}), SMALL)
+    assert info.value.code == OVER_LIMIT
+    assert str(info.value).endswith(f"(SHELFSTREAM_{knob})")
+
+
+def test_within_every_limit_is_accepted():
+    event = parse_event(raw(**upsert(product_id="p" * 8, title="t" * 10, attributes={"sizes": "123456"},
+                                     category="A > B > Topwear", image_uris=["a.jpg", "b.jpg"])), SMALL)
+    assert event.category == ["A", "B", "Topwear"]
+
+
+def test_version_is_bounded_by_a_signed_64_bit_integer():
+    assert parse_event(raw(**upsert(version=MAX_VERSION))).version == MAX_VERSION
+    with pytest.raises(EventError, match=r"over the limit of 9223372036854775807") as info:
+        parse_event(raw(**upsert(version=2**70)))
+    assert info.value.code == OVER_LIMIT
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b'{"op": "upsert", "product_id": "p", "version": 1, "title": "\\ud800"}',
+         "field 'title' holds a lone UTF-16 surrogate (not valid Unicode text)"),
+        (b"[" * 10_000 + b"]" * 10_000, "malformed JSON: nested too deeply"),
+        (b'{"op": "upsert", "product_id": "p", "version": ' + b"9" * 5_000 + b', "title": "t"}', "malformed JSON: Exceeds"),
+        (b'{"op": "upsert", "product_id": "p", "version": 1, "title": "t", "price": 1e400}', "field 'price' must be"),
+        (b'{"op": "upsert", "product_id": "p", "version": 1, "title": "t", "event_time": 1e400}', "field 'event_time'"),
+    ],
+)
+def test_hostile_inputs_are_event_errors(data, reason):
+    with pytest.raises(EventError) as info:
+        parse_event(data)
+    assert str(info.value).startswith(reason)
+    assert len(str(info.value)) < 300  # a reason stays small whatever the input
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+FIELD_VALUES = st.fixed_dictionaries(
+    {}, optional={name: JSON_VALUES for name in ("op", "product_id", "version", "schema_version", "title", "description",
+                                                 "attributes", "category", "price", "currency", "image_uris",
+                                                 "video_uri", "event_time")},
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_parse_or_raise_event_error(data):
+    try:
+        parse_event(data)
+    except EventError:
+        pass
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(FIELD_VALUES, st.sampled_from(["upsert", "delete"]))
+def test_any_json_object_parses_or_raises_event_error(fields, op):
+    for candidate in (fields, {"op": op, "product_id": "p", "version": 1, "title": "t", **fields}):
+        try:
+            event = parse_event(json.dumps(candidate).encode())
+        except EventError:
+            continue
+        assert parse_event(event.to_bytes()) == event  # what was accepted round-trips

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from streams.schema.events import EventError, parse_event
+from exporters.catalog import EVENT_FIELD_OF
+from streams.schema.events import EVENT_FIELDS, EventError, parse_event
 from streams.settings import Settings
 from streams.tools.publish import (
-    EVENT_FIELDS,
     PublishReport,
     catalog_events,
     load_mapping,
@@ -85,9 +85,12 @@ def test_load_mapping_unknown_field_is_named():
     with pytest.raises(ValueError) as info:
         load_mapping('{"product_id": "id", "colour": "baseColour", "size": "s"}')
     message = str(info.value)
-    assert message.startswith("mapping names unknown event fields ['colour', 'size']; known: ")
-    assert "product_id" not in message.split(";")[0]
-    assert message.endswith(", ".join(EVENT_FIELDS))
+    assert message.startswith("mapping names unknown keys ['colour', 'size']; known: ")
+    assert all(name in message.split(";")[1] for name in EVENT_FIELDS)
+
+
+def test_the_catalog_reader_fills_exactly_the_events_fields():
+    assert list(EVENT_FIELD_OF.values()) == list(EVENT_FIELDS)
 
 
 def test_load_mapping_missing_file(tmp_path):
@@ -160,7 +163,7 @@ def test_video_column_and_absolute_local_paths(myntra, tmp_path):
     header = HEADER + ["video"]
     rows = [ROWS[0] + ["videos/53010.mp4"], ROWS[1][:1] + ["/srv/media/x.jpg"] + ROWS[1][2:] + ["https://v.example.com/x.mp4"]]
     path = write_csv(tmp_path / "products.csv", rows, header)
-    sari, polo = catalog_events(path, myntra, version=1)
+    sari, polo = catalog_events(path, {**myntra, "video_uri": "video"}, version=1)
     assert sari.video_uri == (tmp_path / "videos" / "53010.mp4").resolve().as_uri()
     assert polo.image_uris == ["/srv/media/x.jpg"]  # absolute path: left for the media root check
     assert polo.video_uri == "https://v.example.com/x.mp4"
@@ -333,3 +336,38 @@ def test_publish_file_publishes_rows_keyed_by_product_id(services, myntra, tmp_p
     # keyed by product id: records are spread over the topic's partitions by key
     assert {r.partition for r in records} <= {0, 1}
 
+
+
+def test_a_mapping_naming_a_missing_column_is_refused_with_the_files_columns(myntra, tmp_path, capsys):
+    from streams.tools.cli import main
+
+    path = write_csv(tmp_path / "products.csv", ROWS)
+    mapping = {**myntra, "video_uri": "video", "description": "blurb"}
+    with pytest.raises(ValueError) as info:
+        publish_file(Settings(), path, mapping, version=1, progress=False)  # refused before any broker is needed
+    assert str(info.value) == f"{path}: column 'video' is missing (nor 'blurb'); the file's columns: {', '.join(HEADER)}"
+    (tmp_path / "m.json").write_text(json.dumps(mapping))
+    assert main(["publish", str(path), "--mapping", str(tmp_path / "m.json")]) == 1
+    assert "column 'video' is missing" in capsys.readouterr().err
+
+
+def test_columns_the_mapping_leaves_to_the_identity_default_may_be_absent(myntra, tmp_path):
+    from streams.tools.publish import catalog_mapping
+
+    path = write_csv(tmp_path / "products.csv", ROWS)
+    catalog_mapping(myntra).check_columns(path, list(myntra))  # no 'description' or 'video_uri' column: fine
+
+
+@pytest.mark.integration
+def test_publish_exits_non_zero_when_every_row_is_rejected(services, myntra, tmp_path, capsys):
+    from streams.tools.cli import main
+
+    path = write_csv(tmp_path / "products.csv", [row[:11] + ["n/a"] for row in ROWS])
+    env = {"SHELFSTREAM_KAFKA_BOOTSTRAP": services["kafka_bootstrap"], "SHELFSTREAM_REDIS_URL": services["redis_url"],
+           "SHELFSTREAM_STATE_DIR": str(tmp_path / "state"), "SHELFSTREAM_EVENTS_TOPIC": f"t-{uuid.uuid4().hex[:10]}"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        assert main(["publish", str(path), "--mapping", str(MYNTRA_MAPPING)]) == 1
+    err = capsys.readouterr().err
+    assert "every row was rejected (3; first row 1: field 'price' must be a number, got 'n/a')" in err

@@ -120,3 +120,16 @@ def test_make_videos_main_parses_the_cli_options(tmp_path: Path, capsys: pytest.
     made = make_videos_main(args)
     assert [path.name for _, path in made] == ["1.mp4", "2.mp4", "4.mp4"]
     assert "wrote 3 clips" in capsys.readouterr().out
+
+
+def test_make_videos_reads_jsonl_through_a_mapping_and_skips_a_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _catalog(tmp_path)  # writes the images
+    catalog = tmp_path / "items.jsonl"
+    catalog.write_text('{"sku": "x", "photos": "images/a.jpg|images/b.jpg"}\n{"sku": \n{"sku": "y", "photos": ""}\n')
+    parser = argparse.ArgumentParser()
+    add_make_videos_arguments(parser)
+    args = parser.parse_args([str(catalog), str(tmp_path / "out"), "--mapping", '{"id": "sku"}', "--image", "photos",
+                              "--codecs", "mpeg4", "--seconds", "0.4"])
+    made = make_videos_main(args)
+    assert [(product_id, path.name) for product_id, path in made] == [("x", "x.mp4")]
+    assert "skipped items.jsonl row 2: not valid JSON" in capsys.readouterr().err

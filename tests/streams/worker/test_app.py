@@ -47,3 +47,31 @@ def test_an_event_that_breaks_the_pipeline_is_dead_lettered_alone(settings, cata
         assert worker.pipeline.store.count() == 3
     finally:
         worker.pipeline.close()
+
+
+def test_status_never_shows_a_batchs_points_without_its_counts(settings, catalog, monkeypatch):
+    """/stats reads counts and points together: a reader that looks while the batch's points are
+    being written sees either neither or both (it waits for the batch)."""
+    import threading
+
+    worker = WorkerState(settings)
+    store = worker.pipeline.store
+    upsert = store.upsert
+    seen: list[dict] = []
+    readers: list[threading.Thread] = []
+
+    def upsert_then_look(points):
+        upsert(points)
+        reader = threading.Thread(target=lambda: seen.append(worker.status()))
+        reader.start()
+        readers.append(reader)
+
+    monkeypatch.setattr(store, "upsert", upsert_then_look)
+    try:
+        worker.process(messages(*catalog[:5]))
+        for reader in readers:
+            reader.join(timeout=30)
+        [status] = seen
+        assert status["points"] == 5 and status["counts"]["indexed"] == 5
+    finally:
+        worker.pipeline.close()

@@ -121,6 +121,25 @@ def test_bad_events_are_dead_lettered_and_the_rest_indexed(pipeline, catalog, ra
     assert len(outcome.dead_letters) == 1
     letter = outcome.dead_letters[0]
     assert letter.message.value == raw and reason in letter.reason
+    assert letter.failure.code == "invalid_event"
+
+
+@pytest.mark.parametrize(
+    "changes, knob",
+    [
+        ({"category": [f"level {i}" for i in range(10_000)]}, "SHELFSTREAM_MAX_CATEGORY_LEVELS"),
+        ({"title": "x" * 5_000_000}, "SHELFSTREAM_MAX_EVENT_BYTES"),
+        ({"image_uris": [f"images/{i}.jpg" for i in range(100)]}, "SHELFSTREAM_MAX_IMAGE_URIS"),
+    ],
+)
+def test_an_event_over_a_limit_is_dead_lettered_naming_it_and_nothing_is_stored(pipeline, catalog, changes, knob):
+    hostile = catalog[0].derive(**changes)
+    outcome = pipeline.process(messages(hostile, catalog[1]))
+    assert outcome.indexed == [catalog[1].product_id]
+    [letter] = outcome.dead_letters
+    assert letter.failure.code == "over_limit" and letter.reason.endswith(f"({knob})")
+    assert letter.message.value == hostile.to_bytes()
+    assert pipeline.store.get(hostile.product_id) is None
 
 
 def _enormous_png() -> bytes:
@@ -154,7 +173,7 @@ def test_failed_image_still_indexes_the_text(pipeline, catalog, settings, conten
     assert point.payload["modalities"] == ["text"]
     assert code in point.payload["errors"]["image"]
     assert [letter.reason.split(":")[0] for letter in outcome.dead_letters] == ["image"]
-    assert code in outcome.dead_letters[0].reason
+    assert code in outcome.dead_letters[0].reason and outcome.dead_letters[0].failure.code == code
     assert set(pipeline.store.get(catalog[1].product_id, with_vectors=True).vector) == {"text", "image", "fused"}
 
 
