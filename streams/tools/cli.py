@@ -48,8 +48,11 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
         return sub
 
     command("up", cmd_up, "start the embedded tansu broker and redis-server (state in SHELFSTREAM_STATE_DIR)")
-    command("down", cmd_down, "stop exactly the processes that `up` started")
-    command("status", cmd_status, "show the embedded services, and the worker's counters if one runs")
+    command("down", cmd_down, "stop the workers `worker` started (SIGTERM), then the services `up` started")
+    status = command("status", cmd_status, "services, workers, the indexing backlog per partition, counters, freshness")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    wait = command("wait", cmd_wait, "show a progress bar until every event published so far is in the store")
+    wait.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds (default 3600)")
     command("settings", cmd_settings, "list every SHELFSTREAM_* setting with its current value")
     worker = command("worker", cmd_worker, "run the Faust worker: index product events and serve queries over HTTP")
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
@@ -89,7 +92,8 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
 
     letters = command("dead-letters", cmd_dead_letters, "show rejected events with their reasons (from the start of the topic)")
     letters.add_argument("-n", type=int, default=20, help="show at most this many (default 20)")
-    letters.add_argument("--wait", type=float, default=10.0, help="seconds to read for (default 10)")
+    letters.add_argument("--wait", type=float, default=30.0,
+                         help="longest time to read, seconds (default 30); it returns as soon as the topic's end is reached")
     letters.add_argument("--json", action="store_true", help="print JSON lines")
 
     export = command("export", cmd_export, "export the ONNX encoders from the packages that ship their weights")
@@ -139,24 +143,24 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_down(args: argparse.Namespace, settings: Settings) -> None:
     from infra.services import stop_services
+    from streams.tools.runner import stop_workers
 
-    stopped = stop_services(settings.state_path)
+    workers = [f"worker {pid}" for pid in stop_workers(settings.state_path)]
+    stopped = workers + stop_services(settings.state_path)
     print("stopped " + ", ".join(stopped) if stopped else "nothing to stop")
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
-    from infra.services import service_status
-    from streams.tools.client import Client
+    from streams.tools.status import status_document, status_summary
 
-    status = service_status(settings.state_path)
-    status["qdrant"] = ({"mode": "client", "url": settings.qdrant_url} if settings.qdrant_url
-                        else {"mode": "edge", "path": settings.qdrant_path})
-    print(json.dumps(status, indent=2))
-    try:
-        with Client.remote(settings) as client:
-            print(json.dumps({"worker": client.stats()}, indent=2))
-    except ConnectionError:
-        print(f"no worker answering at {settings.worker_url}")
+    document = status_document(settings)
+    print(json.dumps(document, indent=2) if args.json else status_summary(document))
+
+
+def cmd_wait(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.status import wait_for_indexing
+
+    print(f"{wait_for_indexing(settings, args.timeout)} events indexed", file=sys.stderr)
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> None:
@@ -166,9 +170,12 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.runner import recorded_worker
     from streams.worker.app import run_worker
 
-    run_worker(settings, args.loglevel)
+    with recorded_worker(settings) as record:  # so that `shelfstream down` stops it
+        print(f"shelfstream worker pid {record.pid}: query API at {record.url}", file=sys.stderr, flush=True)
+        run_worker(settings, args.loglevel)
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
@@ -262,10 +269,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.adapters.kafka import read_topic
+    from streams.adapters.kafka import StopReason, read_topic
     from streams.worker.app import REASON_HEADER, SOURCE_HEADER
 
-    for record in read_topic(settings, settings.dead_letter_topic, expected=args.n, timeout_s=args.wait):
+    read = read_topic(settings, settings.dead_letter_topic, expected=args.n, timeout_s=args.wait)
+    for record in read:
         row = {
             "source": record.headers.get(SOURCE_HEADER, ""),
             "key": (record.key or b"").decode(errors="replace"),
@@ -273,6 +281,9 @@ def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> None:
             "value": (record.value or b"").decode(errors="replace"),
         }
         print(json.dumps(row) if args.json else f"{row['source']}  key={row['key']}  {row['reason']}\n    {row['value'][:200]}")
+    why = {StopReason.END: "the end of the topic was reached", StopReason.EXPECTED: f"-n {args.n} reached",
+           StopReason.TIMEOUT: f"--wait {args.wait:g} s ran out before the end of the topic"}[read.stopped]
+    print(f"{len(read)} dead letters shown: {why}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> None:

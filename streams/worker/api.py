@@ -16,22 +16,26 @@ import secrets
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Mapping, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, Security, UploadFile
 from fastapi import Path as UrlPath
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic import Base64Bytes
 from starlette.concurrency import run_in_threadpool
 
 from encoders_onnx.decoding import MediaError
+from streams.adapters.media import MediaLimits
 from streams.adapters.profiles import UserProfiles
 from streams.adapters.store import ProductStore, SearchFilters
 from streams.settings import Settings
 from streams.worker.encoders import load_encoders
+from streams.worker.health import Probe, readiness
+from streams.worker.metrics import CONTENT_TYPE, TimedStore, WorkerMetrics
+from streams.worker.page import add_page
 from streams.worker.recommend import Recommender
 from streams.worker.reindex import ReindexJob
 from streams.worker.search import ExplainedHit, Page, QueryError, Searcher, TextMode, UnknownProduct
@@ -52,8 +56,12 @@ class Backend(Protocol):
 
     api_key: str
     max_upload_bytes: int
+    metrics: WorkerMetrics
+    media_limits: MediaLimits  # product images are loaded as ingestion loads them
 
     def searcher(self) -> Searcher: ...
+    def probes(self) -> Mapping[str, Probe]:
+        """What ``/health/ready`` checks: name -> probe (see ``streams.worker.health``)."""
     def stats_window(self, reset: bool) -> Any:
         """The counters' current window (a new one from now on if ``reset``); cheap, on the event loop."""
     def status(self, window: Any) -> dict[str, Any]: ...
@@ -303,9 +311,30 @@ def create_api(backend: Backend) -> FastAPI:
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
     @app.get("/health", tags=["service"])
+    @app.get("/health/live", tags=["service"])
     async def health() -> dict[str, bool]:
         """Liveness: answers without a key and without touching the store."""
         return {"ok": True}
+
+    @app.get("/health/ready", tags=["service"], responses={503: {"description": "a dependency is not ready"}})
+    def ready(key: str | None = Security(api_key),
+              credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> JSONResponse:
+        """Every dependency probed (broker, Redis, store, models, partitions): 200 when all are
+        ready, else 503; without the API key (when one is set) only which checks failed, not why."""
+        try:
+            require_key(key, credentials)
+            shown = True
+        except HTTPException:
+            shown = False
+        verdict = readiness(backend.probes())
+        checks = {name: {"ok": check.ok, **({"detail": check.detail} if shown else {})}
+                  for name, check in verdict.checks.items()}
+        return JSONResponse({"ok": verdict.ok, "checks": checks}, status_code=200 if verdict.ok else 503)
+
+    @app.get("/metrics", tags=["service"], dependencies=[Depends(require_key)], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus exposition of this process's metrics (``shelfstream_*``)."""
+        return Response(backend.metrics.exposition(), media_type=CONTENT_TYPE)
 
     @v1.post("/search/text", tags=["search"])
     def search_text(query: TextQuery) -> SearchResults:
@@ -414,6 +443,7 @@ def create_api(backend: Backend) -> FastAPI:
         except (OSError, ValueError, LookupError) as exc:
             raise HTTPException(400, f"dir: {type(exc).__name__}: {exc}") from None
 
+    add_page(app, v1, lambda product_id: product(product_id).image_uris, backend.media_limits)
     app.include_router(v1)
     return app
 
@@ -470,9 +500,12 @@ class QueryService:
         self.settings = settings
         self.api_key = settings.api_key
         self.max_upload_bytes = max(settings.max_image_bytes, settings.max_video_bytes)
+        self.media_limits = MediaLimits.for_images(settings)
         self.started_at = time.time()
+        self.metrics = WorkerMetrics()
         self.encoders = load_encoders(settings)
-        self.store = ProductStore(settings, self.encoders.fusion.dims, self.encoders.fusion.version)
+        self.metrics.set_models(self.encoders.versions)
+        self.store = TimedStore(ProductStore(settings, self.encoders.fusion.dims, self.encoders.fusion.version), self.metrics)
         self.profiles = UserProfiles(settings.redis_url, settings.profile_ttl_s, settings.profile_max_events)
         self.profile_config = ProfileConfig.parse(settings.interaction_weights, settings.profile_half_life_s,
                                                   settings.profile_vector)
@@ -483,6 +516,10 @@ class QueryService:
 
     def stats_window(self, reset: bool) -> None:
         return None
+
+    def probes(self) -> Mapping[str, Probe]:
+        return {"store": lambda: f"{self.store.point_count(self.store.alias)} points served",
+                "models": lambda: ", ".join(f"{k} {v}" for k, v in self.encoders.versions.items())}
 
     def status(self, window: None) -> dict[str, Any]:
         return {"points": self.store.point_count(self.store.alias), "collection": self.store.serving_collection(),

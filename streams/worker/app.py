@@ -17,12 +17,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import faust
 import uvicorn
 
-from streams.adapters.kafka import ensure_topics
+from streams.adapters.kafka import consumer_lag, ensure_topics
+from streams.adapters.media import MediaLimits
 from streams.adapters.profiles import UserProfiles
 from streams.adapters.store import ProductStore
 from streams.settings import Settings
@@ -36,6 +37,8 @@ from streams.worker.pipeline import (
     Pipeline,
     Stats,
 )
+from streams.worker.health import NotReady, Probe, broker_probe, redis_probe
+from streams.worker.metrics import WorkerMetrics
 from streams.worker.profiles import ProfileConfig
 from streams.worker.recommend import Recommender
 from streams.worker.reindex import ReindexJob, start_in_background
@@ -95,6 +98,8 @@ class WorkerState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = Stats()
+        self.metrics = WorkerMetrics()
+        self.metrics.watch_lag(lambda: consumer_lag(settings, settings.app_id, settings.events_topic, timeout_s=5.0))
         self.started_at = time.time()
         self._pipeline: Pipeline | None = None
         self._loading = threading.Lock()
@@ -110,7 +115,7 @@ class WorkerState:
         """Loaded on first use, once, whichever thread (agent or query) comes first."""
         with self._loading:
             if self._pipeline is None:
-                self._pipeline = Pipeline.from_settings(self.settings)
+                self._pipeline = Pipeline.from_settings(self.settings, self.metrics)
             return self._pipeline
 
     def apply_interactions(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
@@ -120,12 +125,21 @@ class WorkerState:
             self.stats.add(outcome)
         return outcome
 
+    @property
+    def loaded(self) -> Pipeline | None:
+        """The pipeline if it is loaded, without loading it (readiness must not block on that)."""
+        return self._pipeline
+
     def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
         """Process a batch and count it, as one step for ``status`` (the dead-letter policy is
         ``Pipeline.process``'s)."""
+        started = time.perf_counter()
         with self._batch:
             outcome = self.pipeline.process(messages)
             self.stats.add(outcome)
+        self.metrics.record_batch(len(messages), outcome.counts, time.perf_counter() - started)
+        self.metrics.record_dead_letters(letter.failure.code for letter in outcome.dead_letters)
+        self.metrics.record_freshness(outcome.freshness_ms)
         return outcome
 
     def status(self, stats: Stats | None = None) -> dict[str, Any]:
@@ -169,7 +183,7 @@ def create_app(settings: Settings) -> faust.App:
         await loop.run_in_executor(None, lambda: worker.pipeline)  # load models before the first batch
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
             messages = _incoming(batch)
-            outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages))
+            outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages), worker.metrics.record_retry)
             await _with_retry(lambda: _send_dead_letters(dead_letters, outcome.dead_letters, settings.dead_letter_max_bytes))
             log.info("batch of %d: %s", len(messages), dict(outcome.counts))
 
@@ -204,13 +218,15 @@ def _set_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
     fetcher._fetch_max_wait_ms = wait_ms
 
 
-async def _with_retry(attempt: Callable[[], Awaitable[T]], max_delay_s: float = 30.0) -> T:
+async def _with_retry(attempt: Callable[[], Awaitable[T]], on_retry: Callable[[], None] = lambda: None,
+                      max_delay_s: float = 30.0) -> T:
     """``attempt`` until it succeeds; the batch's offsets are not committed meanwhile."""
     delay = 0.5
     while True:
         try:
             return await attempt()
         except RETRIED as exc:
+            on_retry()
             log.warning("%r; retrying in %.1f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay_s)
@@ -234,10 +250,13 @@ async def _send_dead_letters(topic: faust.TopicT, letters: Sequence[DeadLetter],
 class WorkerBackend:
     """The query API's view of this worker: its store and encoders, counters and re-indexing."""
 
-    def __init__(self, worker: WorkerState) -> None:
+    def __init__(self, worker: WorkerState, assignment: Callable[[], set[Any]]) -> None:
         self.worker = worker
+        self.assignment = assignment
+        self.metrics = worker.metrics
         self.api_key = worker.settings.api_key
         self.max_upload_bytes = max(worker.settings.max_image_bytes, worker.settings.max_video_bytes)
+        self.media_limits = MediaLimits.for_images(worker.settings)
 
     def searcher(self) -> Searcher:
         return Searcher(self.worker.pipeline.store, self.worker.pipeline.encoders, self.worker.settings.max_image_pixels,
@@ -269,6 +288,30 @@ class WorkerBackend:
     def forget_user(self, user_id: str) -> bool:
         return self.worker.profiles.forget(user_id)
 
+    def probes(self) -> Mapping[str, Probe]:
+        settings = self.worker.settings
+        return {"broker": broker_probe(settings), "redis": redis_probe(settings.redis_url),
+                "models": self._models, "store": self._store, "partitions": self._partitions}
+
+    def _models(self) -> str:
+        pipeline = self.worker.loaded
+        if pipeline is None:
+            raise NotReady("the models are still loading")
+        return ", ".join(f"{modality} {version}" for modality, version in pipeline.encoders.versions.items())
+
+    def _store(self) -> str:
+        pipeline = self.worker.loaded
+        if pipeline is None:
+            raise NotReady("the store opens with the models")
+        return f"{pipeline.store.count()} points in {pipeline.store.collection}"
+
+    def _partitions(self) -> str:
+        assigned = sorted(tp.partition for tp in self.assignment() if tp.topic == self.worker.settings.events_topic)
+        if not assigned:
+            raise NotReady(f"no partition of {self.worker.settings.events_topic} assigned yet (joining the group, "
+                           "or more workers than partitions)")
+        return f"partitions {assigned} of {self.worker.settings.events_topic}"
+
 
 class EmbeddedServer(uvicorn.Server):
     """uvicorn on Faust's event loop: Faust owns the process's signals and stops the task."""
@@ -281,11 +324,13 @@ class EmbeddedServer(uvicorn.Server):
 def _serve_query_api(app: faust.App, worker: WorkerState) -> None:
     """The query API (``streams.worker.api``) in this process, beside the store it reads."""
     settings = worker.settings
-    config = uvicorn.Config(create_api(WorkerBackend(worker)), host=settings.web_host, port=settings.web_port,
+    backend = WorkerBackend(worker, lambda: app.consumer.assignment())
+    config = uvicorn.Config(create_api(backend), host=settings.web_host, port=settings.web_port,
                             log_level="warning", access_log=False, lifespan="off")
 
     @app.task
     async def serve_query_api() -> None:
+        log.info("query API at http://%s:%d (results page at /, metrics at /metrics)", settings.web_host, settings.web_port)
         await EmbeddedServer(config).serve()
 
 

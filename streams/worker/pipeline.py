@@ -45,6 +45,7 @@ from streams.adapters.tombstones import Tombstones
 from streams.schema.events import EventError, EventLimits, ProductEvent, parse_event
 from streams.settings import Settings
 from streams.worker.encoders import Encoders, load_encoders
+from streams.worker.metrics import TimedStore, WorkerMetrics
 
 log = logging.getLogger("shelfstream.pipeline")
 T = TypeVar("T")
@@ -216,8 +217,9 @@ def plan_against(events: Sequence[ProductEvent], current: Mapping[str, StoredSta
 
 class Pipeline:
     def __init__(self, settings: Settings, encoders: Encoders, cache: FeatureCache, store: ProductStore,
-                 tombstones: Tombstones) -> None:
+                 tombstones: Tombstones, metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
         self.encoders = encoders
         self.cache = cache
         self.store = store
@@ -231,12 +233,14 @@ class Pipeline:
         self._applying = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Pipeline":
+    def from_settings(cls, settings: Settings, metrics: WorkerMetrics | None = None) -> "Pipeline":
         """Load the models and connect to Redis and Qdrant as the settings say."""
+        metrics = metrics or WorkerMetrics()
         encoders = load_encoders(settings)
-        store = ProductStore(settings, encoders.fusion.dims, encoders.fusion.version)
+        metrics.set_models(encoders.versions)
+        store = TimedStore(ProductStore(settings, encoders.fusion.dims, encoders.fusion.version), metrics)
         return cls(settings, encoders, FeatureCache(settings.redis_url, settings.cache_ttl_s), store,
-                   Tombstones(settings.redis_url))
+                   Tombstones(settings.redis_url), metrics)
 
     def close(self) -> None:
         self._io.shutdown(wait=False)
@@ -444,9 +448,14 @@ class Pipeline:
         for i, (key, vector) in enumerate(zip(keys, cached)):
             if vector is None:
                 missing.setdefault(key, i)
+        counts[f"cache_lookups_{modality}"] += len(keys)
         counts[f"cache_hits_{modality}"] += sum(vector is not None for vector in cached)
         counts[f"encoded_{modality}"] += len(missing)
-        encoded: dict[str, Encoded] = dict(zip(missing, encode([inputs[i] for i in missing.values()]))) if missing else {}
+        encoded: dict[str, Encoded] = {}
+        if missing:
+            started = time.perf_counter()
+            encoded = dict(zip(missing, encode([inputs[i] for i in missing.values()])))
+            self.metrics.record_encode(modality, time.perf_counter() - started)
         self.cache.put_many({k: v for k, v in encoded.items() if not isinstance(v, Failure)})
         return [encoded[key] if vector is None else vector for key, vector in zip(keys, cached)]
 

@@ -20,7 +20,7 @@ from streams.tools.client import format_table
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "serve", "publish", "similar", "search", "recommend", "export",
             "bench", "demo", "make-videos", "train", "eval", "reindex", "dead-letters", "backup", "restore",
-            "publish-interactions", "forget-user"]
+            "publish-interactions", "forget-user", "wait"]
 
 
 @pytest.fixture(autouse=True)
@@ -249,12 +249,22 @@ def test_status_with_nothing_running(monkeypatch, capsys, tmp_path):
     port = free_port()
     monkeypatch.setenv("SHELFSTREAM_WEB_PORT", str(port))
     monkeypatch.setenv("SHELFSTREAM_QDRANT_PATH", str(tmp_path / "q"))
+    monkeypatch.setenv("SHELFSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
     assert main(["status"]) == 0
-    out = capsys.readouterr().out
-    assert f"no worker answering at http://127.0.0.1:{port}" in out
-    status = json.loads(out[: out.rindex("}") + 1])
-    assert status["qdrant"] == {"mode": "edge", "path": str(tmp_path / "q")}
-    assert all(not service["alive"] for name, service in status.items() if name != "qdrant")
+    summary = capsys.readouterr().out
+    assert f"worker   none answering at http://127.0.0.1:{port} (pids: none recorded)" in summary
+    assert "kafka    stopped" in summary and "backlog  unknown: no Kafka broker answers" in summary
+
+    completed = subprocess.run([sys.executable, "-m", "streams.tools.cli", "status", "--json"],
+                               capture_output=True, check=True)
+    checked = subprocess.run([sys.executable, "-m", "json.tool"], input=completed.stdout, capture_output=True)
+    assert checked.returncode == 0, checked.stderr
+    status = json.loads(completed.stdout)
+    assert status["services"]["qdrant"] == {"mode": "edge", "path": str(tmp_path / "q")}
+    assert not status["services"]["kafka"]["alive"] and not status["services"]["redis"]["alive"]
+    assert status["worker"]["answering"] is False and status["workers"] == []
+    assert "no Kafka broker answers" in status["consumer"]["error"]
+    assert status["counts"] == {} and status["freshness"] == {"p50_ms": None, "p99_ms": None}
 
 
 def test_format_table_columns():
