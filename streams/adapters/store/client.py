@@ -28,6 +28,7 @@ from streams.adapters.store.model import (
     Recommend,
     SparseVector,
     StoredPoint,
+    check_dims,
 )
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,7 @@ class ClientEngine:
         vectors = self.client.get_collection(collection).config.params.vectors
         existing = ({name: params.size for name, params in vectors.items()} if isinstance(vectors, dict)
                     else {"(unnamed)": vectors.size} if vectors is not None else {})
-        if existing != dict(dims):
-            raise RuntimeError(
-                f"Qdrant collection {collection!r} has vectors {existing}, but the models produce "
-                f"{dict(dims)}: use another SHELFSTREAM_COLLECTION or re-index into a new collection"
-            )
+        check_dims(collection, existing, dims)
 
     def serving_collection(self, alias: str) -> str | None:
         aliases = self.client.get_aliases().aliases

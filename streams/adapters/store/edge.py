@@ -38,6 +38,7 @@ from streams.adapters.store.model import (
     Recommend,
     SparseVector,
     StoredPoint,
+    check_dims,
 )
 
 ALIASES = "aliases.json"
@@ -106,11 +107,7 @@ class EdgeEngine:
                     shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Float))
                 self._shards[collection] = shard
                 return
-        if existing != dict(dims):
-            raise RuntimeError(
-                f"Qdrant collection {collection!r} has vectors {existing}, but the models produce "
-                f"{dict(dims)}: use another SHELFSTREAM_COLLECTION or re-index into a new collection"
-            )
+        check_dims(collection, existing, dims)
 
     @staticmethod
     def _dims(path: Path) -> dict[str, int]:

@@ -201,3 +201,12 @@ class Recommend:
 
 
 Query = Nearest | Recommend
+
+
+def check_dims(collection: str, existing: Mapping[str, int], wanted: Mapping[str, int]) -> None:
+    """Refuse a collection whose named vectors differ from the models' (names listed in order)."""
+    if dict(existing) != dict(wanted):
+        raise RuntimeError(
+            f"Qdrant collection {collection!r} has vectors {dict(sorted(existing.items()))}, but the models produce "
+            f"{dict(sorted(wanted.items()))}: use another SHELFSTREAM_COLLECTION or re-index into a new collection"
+        )

@@ -393,8 +393,8 @@ def test_collection_with_other_vector_sizes_is_refused(tmp_path, engine):
     del info
     gc.collect()  # the refused store's client is only closed when collected
     assert message == (
-        "Qdrant collection 'products' has vectors {'text': 3, 'image': 4, 'fused': 2}, but the models produce "
-        "{'text': 3, 'image': 1280, 'fused': 2}: use another SHELFSTREAM_COLLECTION or re-index into a new collection"
+        "Qdrant collection 'products' has vectors {'fused': 2, 'image': 4, 'text': 3}, but the models produce "
+        "{'fused': 2, 'image': 1280, 'text': 3}: use another SHELFSTREAM_COLLECTION or re-index into a new collection"
     )
 
 
