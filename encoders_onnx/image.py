@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from encoders_onnx.session import OnnxModel, Providers, batched, l2_normalize
+from encoders_onnx.session import FP32, OnnxModel, Providers, batched, l2_normalize, model_name
 
 IMAGE_MODEL = "image"
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -21,8 +21,8 @@ _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resamp
 class ImageEncoder:
     """``encode(images) -> (n, 1280)`` float32 unit vectors; ``classify(images) -> (n, 1000)`` logits."""
 
-    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto") -> None:
-        self.model = OnnxModel(model_dir, IMAGE_MODEL, providers)
+    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto", precision: str = FP32) -> None:
+        self.model = OnnxModel(model_dir, model_name(IMAGE_MODEL, precision), providers)
         settings = self.model.manifest["extra"]["preprocessing"]
         self._resize_shorter: int = settings["resize_shorter"]
         self._interpolation = _INTERPOLATION[settings["interpolation"]]

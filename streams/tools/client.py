@@ -47,7 +47,7 @@ def run_query(settings: Settings, request: dict[str, Any]) -> list[dict[str, Any
 
 def local_searcher(settings: Settings) -> Searcher:
     encoders = load_encoders(settings)
-    return Searcher(ProductStore(settings, encoders.fusion.dims, encoders.fusion.version), encoders, settings.max_image_pixels)
+    return Searcher(ProductStore(settings, encoders.fusion.dims, encoders.store_version), encoders, settings.max_image_pixels)
 
 
 def post_json(url: str, body: dict[str, Any], timeout: float = 30.0) -> Any:

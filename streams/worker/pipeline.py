@@ -144,7 +144,7 @@ class Pipeline:
         """Load the models and connect to Redis and Qdrant as the settings say."""
         encoders = load_encoders(settings)
         cache = FeatureCache(settings.redis_url, settings.cache_ttl_s)
-        return cls(settings, encoders, cache, ProductStore(settings, encoders.fusion.dims, encoders.fusion.version))
+        return cls(settings, encoders, cache, ProductStore(settings, encoders.fusion.dims, encoders.store_version))
 
     def close(self) -> None:
         self._io.shutdown(wait=False)
