@@ -2,7 +2,8 @@
 in one run on the same machine, plus price-only updates and freshness.
 
 Phases, each on products the previous phases did not see:
-1. encoders alone: decode + preprocess + encode text and image at the worker's batch size;
+1. encoders alone: decode + preprocess + encode text and image at the worker's batch size, at
+   each precision (fp32, int8) one after the other, so ``int8_over_fp32`` is a same-run ratio;
 2. end to end: publish N new products to Kafka, time until all N are in Qdrant;
 3. price-only updates of the same N products, PRICE_ROUNDS rounds (encoders must stay idle);
 4. freshness: new products published at a steady half of the measured end-to-end rate, event
@@ -26,6 +27,7 @@ from PIL import Image
 
 from encoders_onnx.decoding import load_image
 from encoders_onnx.image import ImageEncoder
+from encoders_onnx.session import FP32, INT8, PRECISIONS
 from encoders_onnx.video import Pooling, VideoEncoder, VideoLimits
 from streams.adapters.cache import FeatureCache
 from streams.adapters.media import MediaLimits, fetch_bytes
@@ -65,9 +67,10 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
     warmup, measured, fresh = events[:WARMUP], events[WARMUP:WARMUP + n], events[WARMUP + n:]
 
     bench_settings = dataclasses.replace(settings, media_root=str(dataset))
-    say(f"[1/4] encoders alone on {n} products (batch {settings.batch_size})")
-    encoders = load_encoders(bench_settings)
-    encoder_rate = measure_encoders(bench_settings, encoders, measured)
+    say(f"[1/4] encoders alone on {n} products (batch {settings.batch_size}), fp32 and int8 side by side")
+    loaded = {p: load_encoders(dataclasses.replace(bench_settings, precision=p)) for p in PRECISIONS}
+    precision_rates = {p: measure_encoders(bench_settings, encoders, measured) for p, encoders in loaded.items()}
+    encoders, encoder_rate = loaded[settings.precision], precision_rates[settings.precision]
     say("      video: decode + sample + encode of a 5 s 320x240 clip")
     video = bench_video(encoders.image, VideoLimits.from_settings(settings), pooling=settings.video_pooling)
 
@@ -110,7 +113,10 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
         "machine": _machine(),
         "products": n,
         "batch_size": settings.batch_size,
+        "precision": settings.precision,
         "encoder_items_per_s": round(encoder_rate, 1),
+        **{f"encoder_items_per_s_{p}": round(rate, 1) for p, rate in precision_rates.items()},
+        "int8_over_fp32": round(precision_rates[INT8] / precision_rates[FP32], 2),
         "e2e_items_per_s": round(e2e_rate, 1),
         "e2e_over_encoder": round(e2e_rate / encoder_rate, 3),
         "price_update_items_per_s": round(update_rate, 1),

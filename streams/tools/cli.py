@@ -229,6 +229,7 @@ def _decoding(args: argparse.Namespace, settings: Settings) -> Any:
     from exporters.features import MediaDecoding
 
     args.model_dir = args.model_dir or settings.model_dir
+    args.precision = args.precision or settings.precision
     return MediaDecoding(settings.max_image_pixels, VideoLimits.from_settings(settings), settings.video_pooling)
 
 
