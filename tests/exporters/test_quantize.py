@@ -76,6 +76,19 @@ def test_missing_int8_model_names_the_export_command(model_dir: Path, tmp_path: 
         TextEncoder(tmp_path, "cpu", "fp16")
 
 
+def test_int8_is_redone_when_its_fp32_model_changed(model_dir: Path, tmp_path: Path) -> None:
+    from exporters.encoders import _up_to_date
+
+    for path in model_dir.glob("*.json"):
+        shutil.copyfile(path, tmp_path / path.name)
+    for path in model_dir.glob("*.onnx"):
+        (tmp_path / path.name).symlink_to(path)
+    assert _up_to_date(tmp_path, "text.int8") is not None
+    manifest = json.loads((tmp_path / "text.manifest.json").read_text())
+    (tmp_path / "text.manifest.json").write_text(json.dumps({**manifest, "version": "another"}))
+    assert _up_to_date(tmp_path, "text.int8") is None and _up_to_date(tmp_path, "image.int8") is not None
+
+
 def test_failed_parity_writes_nothing(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("text.onnx", "text.manifest.json", "tokenizer.json"):
         shutil.copyfile(model_dir / name, tmp_path / name)
