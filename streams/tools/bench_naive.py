@@ -35,7 +35,6 @@ def naive_items_per_s(settings: Settings, events: Sequence[ProductEvent]) -> flo
     from exporters.encoders import TEXT_MAX_LENGTH
     from exporters.torch_models import load_minilm, load_mobilenet_v2
 
-    torch.set_grad_enabled(False)
     text_model, image_model = load_minilm(), load_mobilenet_v2()
     tokenizer = load_tokenizer(Path(settings.model_dir) / "tokenizer.json", TEXT_MAX_LENGTH)
     preprocess = ImageEncoder(settings.model_dir, "cpu").preprocess  # the same pixels as the pipeline
@@ -48,18 +47,19 @@ def naive_items_per_s(settings: Settings, events: Sequence[ProductEvent]) -> flo
             "fused": models.VectorParams(size=1664, distance=models.Distance.COSINE),
         })
         started = time.perf_counter()
-        for event in events:
-            feeds = {k: torch.from_numpy(v) for k, v in tokenize(tokenizer, [event.text]).items()}
-            text = text_model(**feeds)[0].numpy()
-            image = load_image(fetch_bytes(event.image_uris[0], limits), settings.max_image_pixels)
-            features, _ = image_model(torch.from_numpy(preprocess(image))[None])
-            image_vector = features[0].numpy() / max(float(np.linalg.norm(features[0].numpy())), 1e-12)
-            fused = np.concatenate([text, image_vector]) / np.sqrt(2.0)
-            client.upsert(COLLECTION, [models.PointStruct(
-                id=str(uuid.uuid5(uuid.NAMESPACE_URL, event.product_id)),
-                vector={"text": text.tolist(), "image": image_vector.tolist(), "fused": fused.tolist()},
-                payload={"product_id": event.product_id, "title": event.title, "price": event.price},
-            )])
+        with torch.inference_mode():  # a context, not a global switch: callers may train afterwards
+            for event in events:
+                feeds = {k: torch.from_numpy(v) for k, v in tokenize(tokenizer, [event.text]).items()}
+                text = text_model(**feeds)[0].numpy()
+                image = load_image(fetch_bytes(event.image_uris[0], limits), settings.max_image_pixels)
+                features, _ = image_model(torch.from_numpy(preprocess(image))[None])
+                image_vector = features[0].numpy() / max(float(np.linalg.norm(features[0].numpy())), 1e-12)
+                fused = np.concatenate([text, image_vector]) / np.sqrt(2.0)
+                client.upsert(COLLECTION, [models.PointStruct(
+                    id=str(uuid.uuid5(uuid.NAMESPACE_URL, event.product_id)),
+                    vector={"text": text.tolist(), "image": image_vector.tolist(), "fused": fused.tolist()},
+                    payload={"product_id": event.product_id, "title": event.title, "price": event.price},
+                )])
         elapsed = time.perf_counter() - started
         stored = client.count(COLLECTION).count
         client.close()
