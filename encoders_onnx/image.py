@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from encoders_onnx.session import OnnxModel, Providers, batched, l2_normalize
+from encoders_onnx.session import FP32, OnnxModel, Providers, batched, l2_normalize, model_name
 
 IMAGE_MODEL = "image"
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -21,8 +21,8 @@ _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resamp
 class ImageEncoder:
     """``encode(images) -> (n, 1280)`` float32 unit vectors; ``classify(images) -> (n, 1000)`` logits."""
 
-    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto") -> None:
-        self.model = OnnxModel(model_dir, IMAGE_MODEL, providers)
+    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto", precision: str = FP32) -> None:
+        self.model = OnnxModel(model_dir, model_name(IMAGE_MODEL, precision), providers)
         settings = self.model.manifest["extra"]["preprocessing"]
         self._resize_shorter: int = settings["resize_shorter"]
         self._interpolation = _INTERPOLATION[settings["interpolation"]]
@@ -31,7 +31,8 @@ class ImageEncoder:
         self._mean = np.array(settings["mean"], np.float32).reshape(3, 1, 1)
         self._std = np.array(settings["std"], np.float32).reshape(3, 1, 1)
         self.dim: int = self.model.output_dim("features")
-        self.num_classes: int = self.model.output_dim("logits")
+        # A user's own image model (``shelfstream export --modality image``) may have no classifier.
+        self.num_classes: int | None = self.model.output_dim("logits") if "logits" in self.model.output_names else None
 
     @property
     def version(self) -> str:
@@ -59,7 +60,7 @@ class ImageEncoder:
             self.model.run({"pixel_values": np.stack([self.preprocess(im) for im in batch])}, [output])[output]
             for batch in batched(images, batch_size)
         ]
-        width = self.dim if output == "features" else self.num_classes
+        width = self.dim if output == "features" else (self.num_classes or 0)
         return np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
 
     def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
@@ -74,4 +75,6 @@ class ImageEncoder:
 
     def classify(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """ImageNet-1k logits (n, 1000) in torchvision's class order, for the zero-shot baseline."""
+        if self.num_classes is None:
+            raise ValueError(f"image model {self.version} has no 'logits' output (a model exported without a classifier)")
         return self._forward(images, batch_size, "logits")

@@ -22,6 +22,9 @@ T = TypeVar("T")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+FP32 = "fp32"
+INT8 = "int8"
+PRECISIONS = (FP32, INT8)
 
 
 class ModelNotExportedError(FileNotFoundError):
@@ -76,6 +79,13 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
 
 
+def model_name(modality: str, precision: str = FP32) -> str:
+    """File stem of a modality's model at a precision: ``text`` (fp32) or ``text.int8``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return modality if precision == FP32 else f"{modality}.{precision}"
+
+
 def exported_manifest(model_dir: Path, name: str) -> dict[str, Any] | None:
     """The manifest of a complete export (graph, manifest and assets present), else None."""
     manifest_path = model_dir / f"{name}.manifest.json"
@@ -102,7 +112,8 @@ class OnnxModel:
         if missing:
             raise ModelNotExportedError(
                 f"model {name!r} is not exported: missing {', '.join(str(p) for p in missing)}. "
-                f"Run `SHELFSTREAM_MODEL_DIR={self.model_dir} shelfstream export` (needs the [export] extra: torch)."
+                f"Run `SHELFSTREAM_MODEL_DIR={self.model_dir} shelfstream export` (needs the [export] extra: torch); "
+                "it writes the fp32 and the int8 models side by side."
             )
         self.manifest: dict = json.loads(manifest_path.read_text())
         if verify and file_sha256(self.path) != self.manifest["onnx_sha256"]:

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from encoders_onnx.session import OnnxModel, Providers, batched
+from encoders_onnx.session import FP32, OnnxModel, Providers, batched, model_name
 
 TEXT_MODEL = "text"
 
@@ -46,8 +46,8 @@ def encoder_text(title: str, description: str = "") -> str:
 class TextEncoder:
     """``encode(texts) -> (n, 384)`` float32 unit vectors; needs only the model folder."""
 
-    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto") -> None:
-        self.model = OnnxModel(model_dir, TEXT_MODEL, providers)
+    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto", precision: str = FP32) -> None:
+        self.model = OnnxModel(model_dir, model_name(TEXT_MODEL, precision), providers)
         settings = self.model.manifest["extra"]["tokenizer"]
         self.tokenizer = load_tokenizer(self.model.model_dir / settings["file"], settings["truncation"])
         self.dim: int = self.model.output_dim("embeddings")

@@ -1,4 +1,4 @@
-"""Export the two frozen encoders (MiniLM text, MobileNetV2 image) into a model folder.
+"""Export the two frozen encoders (MiniLM text, MobileNetV2 image), fp32 and int8, into a model folder.
 
 The folder is then self-sufficient for the runtime (``encoders_onnx``): ONNX graphs,
 manifests and the tokenizer, with no torch or package lookups at serving time.
@@ -14,9 +14,10 @@ from typing import Any, Callable
 import torch
 
 from encoders_onnx.image import IMAGE_MODEL
-from encoders_onnx.session import exported_manifest, file_sha256
+from encoders_onnx.session import INT8, exported_manifest, file_sha256, model_name
 from encoders_onnx.text import TEXT_MODEL, load_tokenizer, tokenize
 from exporters.onnx_export import atomic_write, export_onnx
+from exporters.quantize import quantize_image_encoder, quantize_text_encoder
 from exporters.torch_models import (
     load_minilm,
     load_mobilenet_v2,
@@ -103,15 +104,18 @@ def export_image_encoder(model_dir: str | Path) -> dict[str, Any]:
 EXPORTERS: dict[str, Callable[[str | Path], dict[str, Any]]] = {
     TEXT_MODEL: export_text_encoder,
     IMAGE_MODEL: export_image_encoder,
+    model_name(TEXT_MODEL, INT8): quantize_text_encoder,
+    model_name(IMAGE_MODEL, INT8): quantize_image_encoder,
 }
 
 
 def export_all(model_dir: str | Path, force: bool = False) -> list[dict[str, Any]]:
-    """Export every encoder into ``model_dir``; one already there is kept unless ``force``."""
+    """Export every encoder into ``model_dir``, fp32 first, then its int8 copy; a model already
+    there is kept unless ``force`` (an int8 model made from another fp32 version is redone)."""
     model_dir = Path(model_dir)
     manifests = []
     for name, export in EXPORTERS.items():
-        manifest = None if force else exported_manifest(model_dir, name)
+        manifest = None if force else _up_to_date(model_dir, name)
         if manifest is not None:
             print(f"{name}: up to date in {model_dir} (version {manifest['version']})", flush=True)
         else:
@@ -121,6 +125,17 @@ def export_all(model_dir: str | Path, force: bool = False) -> list[dict[str, Any
             print(f"{name}: done in {time.perf_counter() - started:.1f} s (version {manifest['version']})", flush=True)
         manifests.append(manifest)
     return manifests
+
+
+def _up_to_date(model_dir: Path, name: str) -> dict[str, Any] | None:
+    """The exported manifest of ``name``, unless it was quantized from an fp32 model no longer there."""
+    manifest = exported_manifest(model_dir, name)
+    fp32_version = manifest["extra"].get("fp32_version") if manifest else None
+    if fp32_version is not None:
+        fp32 = exported_manifest(model_dir, name.split(".")[0])
+        if fp32 is None or fp32["version"] != fp32_version:
+            return None
+    return manifest
 
 
 def ensure_models(model_dir: str | Path) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from encoders_onnx.fusion import FusionModel
-from encoders_onnx.session import l2_normalize
+from encoders_onnx.session import FP32, INT8, l2_normalize
 from exporters.catalog import (
     Catalog,
     CatalogMapping,
@@ -129,12 +129,14 @@ def evaluate(
     classes_path: str | Path = IMAGENET_CLASSES,
     single_modality_baseline: bool = True,
     decoding: MediaDecoding = MediaDecoding(),
+    precision: str = FP32,
 ) -> dict[str, Any]:
-    """One metrics object per method on the test split (see the module docstring)."""
+    """One metrics object per method on the test split (see the module docstring), on features
+    of the encoders at ``precision`` (the bundle is applied as it is)."""
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog, mapping)
     split = cat.split(seed)
     fine_all = cat.labels("fine")
-    features = extract_features(cat, model_dir, cache_dir, providers=providers, decoding=decoding)
+    features = extract_features(cat, model_dir, cache_dir, providers=providers, decoding=decoding, precision=precision)
     test, val = features.rows(split["test"]), features.rows(split["val"])
     labels = split_labels(cat, split["test"])
     unique = _unique_titles(cat, split["test"])
@@ -174,6 +176,8 @@ def evaluate(
         "dataset": str(cat.path),
         "split": "test",
         "split_seed": seed,
+        "precision": precision,
+        "encoder_versions": features.versions,
         "test_products": n,
         "t2i_queries": int(pairs.sum()),
         "t2i_queries_unique_title": int((pairs & unique).sum()),
@@ -182,6 +186,21 @@ def evaluate(
         "best_single_modality_on_val": best_single,
         "methods": [{"method": name, **{k: _round(v) for k, v in metrics.items()}} for name, metrics in methods.items()],
     }
+
+
+def precision_change(fp32: Mapping[str, Any], int8: Mapping[str, Any]) -> dict[str, Any]:
+    """int8 minus fp32 for every metric of every method both reports have (same bundle, same split)."""
+    baseline = {m["method"]: m for m in fp32["methods"]}
+    methods = []
+    for m in int8["methods"]:
+        if m["method"] in baseline:
+            base = baseline[m["method"]]
+            methods.append({"method": m["method"], **{k: _delta(v, base.get(k)) for k, v in m.items() if k != "method"}})
+    return {**{k: v for k, v in int8.items() if k != "methods"}, "precision": "int8 - fp32", "methods": methods}
+
+
+def _delta(value: float | None, base: float | None) -> float | None:
+    return None if value is None or base is None else round(value - base, 4)
 
 
 def _round(value: float | None) -> float | None:
@@ -210,6 +229,8 @@ def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", default=str(IMAGENET_CLASSES), help="ImageNet class names (JSON list)")
     parser.add_argument("--no-single-baseline", action="store_true",
                         help="skip training the best-single-modality baseline (needs torch)")
+    parser.add_argument("--compare-precisions", action="store_true",
+                        help="evaluate fp32 and int8 encoder features with the same bundle and report the change")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_shopper_arguments(parser)
 
@@ -217,10 +238,22 @@ def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace, decoding: MediaDecoding = MediaDecoding()) -> dict[str, Any]:
     """Print the report; with ``--json`` stdout carries only the JSON (progress goes to stderr).
     ``decoding`` is the worker's (the CLI reads it from the settings)."""
-    with contextlib.redirect_stdout(sys.stderr):
-        report = evaluate(
-            args.dataset, mapping_from_args(args), args.model_dir, args.bundle or str(Path(args.model_dir) / "fusion"),
-            args.seed, args.cache_dir, args.providers, args.classes, not args.no_single_baseline, decoding,
-        )
-    print(json.dumps(report, indent=2) if args.json else format_table(report), flush=True)
+    def report_at(precision: str) -> dict[str, Any]:
+        with contextlib.redirect_stdout(sys.stderr):
+            return evaluate(
+                args.dataset, mapping_from_args(args), args.model_dir, args.bundle or str(Path(args.model_dir) / "fusion"),
+                args.seed, args.cache_dir, args.providers, args.classes, not args.no_single_baseline, decoding, precision,
+            )
+
+    if not args.compare_precisions:
+        report = report_at(args.precision)
+        print(json.dumps(report, indent=2) if args.json else format_table(report), flush=True)
+        return report
+    reports = {precision: report_at(precision) for precision in (FP32, INT8)}
+    report = {**reports, "int8_minus_fp32": precision_change(reports[FP32], reports[INT8])}
+    if args.json:
+        print(json.dumps(report, indent=2), flush=True)
+    else:
+        for name, part in report.items():
+            print(f"\n{name}\n{format_table(part)}", flush=True)
     return report

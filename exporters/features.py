@@ -27,7 +27,7 @@ from tqdm import tqdm
 from encoders_onnx.decoding import MediaError, load_image
 from encoders_onnx.fusion import MODALITIES
 from encoders_onnx.image import ImageEncoder
-from encoders_onnx.session import l2_normalize
+from encoders_onnx.session import FP32, PRECISIONS, l2_normalize
 from encoders_onnx.text import TextEncoder
 from encoders_onnx.video import VideoEncoder, VideoError, VideoLimits
 from exporters.catalog import Catalog
@@ -87,6 +87,7 @@ def extract_features(
     batch_size: int = 64,
     threads: int = 4,
     decoding: MediaDecoding = MediaDecoding(),
+    precision: str = FP32,
 ) -> Features:
     """Text (title [+ description]), image and, where the catalog maps a video column, video vectors.
 
@@ -100,13 +101,13 @@ def extract_features(
     present: dict[str, np.ndarray] = {}
     versions: dict[str, str] = {}
 
-    text = TextEncoder(model_dir, providers)
+    text = TextEncoder(model_dir, providers, precision)
     texts = [p.text for p in catalog.products]
     vectors["text"] = _cached(cache, "text", text.version, texts, lambda: _encode_texts(text, texts, batch_size))
     present["text"] = np.array([bool(t) for t in texts])
     versions["text"] = text.version
 
-    image = ImageEncoder(model_dir, providers) if catalog.mapping.image or catalog.mapping.video else None
+    image = ImageEncoder(model_dir, providers, precision) if catalog.mapping.image or catalog.mapping.video else None
     if catalog.mapping.image:
         paths = [p.image for p in catalog.products]
         vectors["image"] = _cached(
@@ -287,3 +288,5 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache folder")
     parser.add_argument("--seed", type=int, default=0, help="split seed (eval: the one training used)")
     parser.add_argument("--providers", default="cpu", help="onnxruntime providers for feature extraction")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="encoders to extract features with (default: SHELFSTREAM_PRECISION)")

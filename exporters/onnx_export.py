@@ -179,27 +179,38 @@ def export_onnx(
                 f"{name}: onnxruntime differs from torch by {diff:.3g} > tolerance {tolerance:g}; nothing written"
             )
         graph = onnx.load(str(tmp_onnx), load_external_data=False).graph
-        onnx_sha256 = file_sha256(tmp_onnx)
-        extra = dict(extra or {})
-        outputs = _output_info(module, sample_inputs, graph.output, dynamic_axes)
-        manifest = {
-            "name": name,
-            "source": source,
-            "version": _version(onnx_sha256, extra),
-            "onnx_sha256": onnx_sha256,
+        fields = {
             "inputs": _value_info(graph.input),
-            "outputs": outputs,
+            "outputs": _output_info(module, sample_inputs, graph.output, dynamic_axes),
             "opset": opset,
             "max_abs_diff": diff,
             "tolerance": tolerance,
             "torch_version": torch.__version__,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "extra": extra,
         }
-        # The manifest goes first and lands last: a model counts as exported only while its
-        # manifest exists, and a manifest always describes the .onnx beside it.
-        (out_dir / f"{name}.manifest.json").unlink(missing_ok=True)
-        os.replace(tmp_onnx, out_dir / f"{name}.onnx")
+        return install_model(tmp_onnx, out_dir, name, source, dict(extra or {}), fields)
+
+
+def install_model(
+    onnx_path: Path, out_dir: Path, name: str, source: str, extra: Mapping[str, Any], fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Move a checked ``onnx_path`` to ``<out_dir>/<name>.onnx`` and write its manifest; return the manifest.
+
+    ``fields`` are the manifest entries that describe the graph (inputs, outputs, checks).
+    """
+    onnx_sha256 = file_sha256(onnx_path)
+    manifest = {
+        "name": name,
+        "source": source,
+        "version": _version(onnx_sha256, extra),
+        "onnx_sha256": onnx_sha256,
+        **fields,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "extra": dict(extra),
+    }
+    # The manifest goes first and lands last: a model counts as exported only while its
+    # manifest exists, and a manifest always describes the .onnx beside it.
+    (out_dir / f"{name}.manifest.json").unlink(missing_ok=True)
+    os.replace(onnx_path, out_dir / f"{name}.onnx")
     atomic_write(out_dir / f"{name}.manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from encoders_onnx.fusion import BUNDLE_MANIFEST, FusionModel
+from encoders_onnx.session import FP32
 from exporters.catalog import (
     Catalog,
     CatalogMapping,
@@ -389,6 +390,7 @@ def train(
     cache_dir: str | Path = DEFAULT_CACHE_DIR,
     providers: str = "cpu",
     decoding: MediaDecoding = MediaDecoding(),
+    precision: str = FP32,
 ) -> dict[str, Any]:
     """Catalog -> features -> heads, fusion, autoencoder -> ONNX bundle in ``out_bundle_dir``.
 
@@ -397,7 +399,7 @@ def train(
     stages = _Stages()
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog, mapping)
     split = cat.split(seed)
-    features = extract_features(cat, model_dir, cache_dir, providers=providers, decoding=decoding)
+    features = extract_features(cat, model_dir, cache_dir, providers=providers, decoding=decoding, precision=precision)
     stages.done("features")
     trained = fit(features, cat.labels("fine"), split, config, seed)
     stages.done("training")
@@ -435,4 +437,4 @@ def run_train(args: argparse.Namespace, decoding: MediaDecoding = MediaDecoding(
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     out = args.out or str(Path(args.model_dir) / "fusion")
     return train(args.dataset, mapping_from_args(args), args.model_dir, out, args.seed, config, args.cache_dir,
-                 args.providers, decoding)
+                 args.providers, decoding, args.precision)

@@ -2,7 +2,10 @@
 in one run on the same machine, plus price-only updates and freshness.
 
 Phases, each on products the previous phases did not see:
-1. encoders alone: decode + preprocess + encode text and image at the worker's batch size;
+1. encoders alone: decode + preprocess + encode text and image at the worker's batch size, at
+   each precision (fp32, int8) one after the other, so ``int8_over_fp32`` is a same-run ratio;
+   Then the naive baseline on the same products (``bench_naive``: torch, one product at a time,
+   one qdrant-client upsert each): ``speedup_over_naive`` = end-to-end rate / naive rate;
 2. end to end: publish N new products to Kafka, time until all N are in Qdrant;
 3. price-only updates of the same N products, PRICE_ROUNDS rounds (encoders must stay idle);
 4. freshness: new products published at a steady half of the measured end-to-end rate, event
@@ -28,12 +31,14 @@ from PIL import Image
 
 from encoders_onnx.decoding import load_image
 from encoders_onnx.image import ImageEncoder
+from encoders_onnx.session import FP32, INT8, PRECISIONS
 from encoders_onnx.video import Pooling, VideoEncoder, VideoLimits
 from streams.adapters.cache import FeatureCache
 from streams.adapters.media import MediaLimits, fetch_bytes
 from streams.schema.events import ProductEvent
 from streams.settings import Settings
 from streams.tools.interactions import bench_profiles
+from streams.tools.bench_naive import naive_items_per_s
 from streams.tools.publish import (
     EventPublisher,
     catalog_events,
@@ -68,9 +73,12 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
     warmup, measured, fresh = events[:WARMUP], events[WARMUP:WARMUP + n], events[WARMUP + n:]
 
     bench_settings = dataclasses.replace(settings, media_root=str(dataset))
-    say(f"[1/5] encoders alone on {n} products (batch {settings.batch_size})")
-    encoders = load_encoders(bench_settings)
-    encoder_rate = measure_encoders(bench_settings, encoders, measured)
+    say(f"[1/5] encoders alone on {n} products (batch {settings.batch_size}), fp32 and int8 side by side")
+    loaded = {p: load_encoders(dataclasses.replace(bench_settings, precision=p)) for p in PRECISIONS}
+    precision_rates = {p: measure_encoders(bench_settings, encoders, measured) for p, encoders in loaded.items()}
+    encoders, encoder_rate = loaded[settings.precision], precision_rates[settings.precision]
+    say(f"      naive baseline: the same {n} products one at a time (torch, one qdrant-client upsert each)")
+    naive_rate = naive_items_per_s(bench_settings, measured)
     say("      video: decode + sample + encode of a 5 s 320x240 clip")
     video = bench_video(encoders.image, VideoLimits.from_settings(settings), pooling=settings.video_pooling)
 
@@ -117,9 +125,14 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
         "machine": _machine(),
         "products": n,
         "batch_size": settings.batch_size,
+        "precision": settings.precision,
         "encoder_items_per_s": round(encoder_rate, 1),
+        **{f"encoder_items_per_s_{p}": round(rate, 1) for p, rate in precision_rates.items()},
+        "int8_over_fp32": round(precision_rates[INT8] / precision_rates[FP32], 2),
         "e2e_items_per_s": round(e2e_rate, 1),
         "e2e_over_encoder": round(e2e_rate / encoder_rate, 3),
+        "naive_items_per_s": round(naive_rate, 1),
+        "speedup_over_naive": round(e2e_rate / naive_rate, 2),
         "price_update_items_per_s": round(update_rate, 1),
         "update_over_create": round(update_rate / e2e_rate, 2),
         "encoded_by_price_updates": encoded_on_update,

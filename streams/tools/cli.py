@@ -96,8 +96,21 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
                          help="longest time to read, seconds (default 30); it returns as soon as the topic's end is reached")
     letters.add_argument("--json", action="store_true", help="print JSON lines")
 
-    export = command("export", cmd_export, "export the ONNX encoders from the packages that ship their weights")
+    export = command("export", cmd_export, "export the ONNX encoders (fp32 and int8), or your own torch model with --modality")
     export.add_argument("--force", action="store_true", help="re-export even if the models exist")
+    own = export.add_argument_group("your own torch model (served as a new model version; see README)")
+    own.add_argument("--modality", choices=["image", "text"], help="export your model as this modality's encoder")
+    own.add_argument("--factory", help="'package.module:function' returning the nn.Module")
+    own.add_argument("--weights", help="state dict file loaded into the factory's module (strict)")
+    own.add_argument("--hf-folder", help="text: a Hugging Face / sentence-transformers folder instead of --factory")
+    own.add_argument("--tokenizer", help="text with --factory: the tokenizer.json of the model")
+    own.add_argument("--max-length", type=int, default=256, help="text: tokens kept per text (default 256)")
+    for flag, help_text in (("resize-shorter", "image: shorter side resized to (default 256)"),
+                            ("center-crop", "image: square crop fed to the model (default 224)")):
+        own.add_argument(f"--{flag}", type=int, help=help_text)
+    own.add_argument("--interpolation", choices=["bilinear", "bicubic"], help="image: resize filter (default bilinear)")
+    own.add_argument("--mean", help="image: per-channel mean after scaling to 0-1, 'r,g,b' (default ImageNet's)")
+    own.add_argument("--std", help="image: per-channel std, 'r,g,b' (default ImageNet's)")
 
     bench = command("bench", cmd_bench, "measure encoder and end-to-end throughput and freshness")
     bench.add_argument("--dataset", type=Path, help="catalog folder (default: ../shared/datasets/myntra-fashion-small)")
@@ -287,6 +300,16 @@ def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
+    if args.modality:
+        from exporters.byo import export_user_model, preprocessing_from_flags
+
+        preprocessing = preprocessing_from_flags([(k, getattr(args, k)) for k in
+                                                  ("resize_shorter", "center_crop", "interpolation", "mean", "std")])
+        manifest = export_user_model(args.modality, settings.model_dir, args.factory, args.weights, args.hf_folder,
+                                     args.tokenizer, args.max_length, preprocessing)
+        print(f"{manifest['name']}: version {manifest['version']} (dim {manifest['outputs'][0]['dim']}) in "
+              f"{settings.model_dir}; restart the worker on it, then `shelfstream reindex`")
+        return
     from exporters.encoders import export_all
 
     for manifest in export_all(settings.model_dir, force=args.force):
@@ -344,6 +367,7 @@ def _decoding(args: argparse.Namespace, settings: Settings) -> Any:
     from exporters.features import MediaDecoding
 
     args.model_dir = args.model_dir or settings.model_dir
+    args.precision = args.precision or settings.precision
     return MediaDecoding(settings.max_image_pixels, VideoLimits.from_settings(settings), settings.video_pooling)
 
 

@@ -505,7 +505,7 @@ class QueryService:
         self.metrics = WorkerMetrics()
         self.encoders = load_encoders(settings)
         self.metrics.set_models(self.encoders.versions)
-        self.store = TimedStore(ProductStore(settings, self.encoders.fusion.dims, self.encoders.fusion.version), self.metrics)
+        self.store = TimedStore(ProductStore(settings, self.encoders.fusion.dims, self.encoders.store_version), self.metrics)
         self.profiles = UserProfiles(settings.redis_url, settings.profile_ttl_s, settings.profile_max_events)
         self.profile_config = ProfileConfig.parse(settings.interaction_weights, settings.profile_half_life_s,
                                                   settings.profile_vector)

@@ -3,6 +3,7 @@ This module never imports torch: exporting is a tool's job (``shelfstream export
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from encoders_onnx.fusion import ConcatFusion, Fusion, FusionModel
@@ -24,10 +25,20 @@ class Encoders:
         return {"text": self.text.version, "image": self.image.version, "video": self.video.version,
                 "fusion": self.fusion.version}
 
+    @property
+    def store_version(self) -> str:
+        """The version the store names its collection after: a trained bundle pins the encoders it
+        was trained on, so its own version says it all; concatenation reads whatever encoders are
+        served (fp32, int8, a user's export), so their versions are part of it."""
+        if isinstance(self.fusion, ConcatFusion):
+            encoders = hashlib.sha256(f"{self.text.version}/{self.image.version}/{self.video.version}".encode())
+            return f"{self.fusion.version}-{encoders.hexdigest()[:8]}"
+        return self.fusion.version
+
 
 def load_encoders(settings: Settings) -> Encoders:
-    text = TextEncoder(settings.model_dir, providers=settings.providers)
-    image = ImageEncoder(settings.model_dir, providers=settings.providers)
+    text = TextEncoder(settings.model_dir, settings.providers, settings.precision)
+    image = ImageEncoder(settings.model_dir, settings.providers, settings.precision)
     video = VideoEncoder(image, VideoLimits.from_settings(settings), settings.video_pooling, settings.batch_size)
     return Encoders(text, image, video, load_fusion(settings, text, image, video))
 

@@ -238,7 +238,7 @@ class Pipeline:
         metrics = metrics or WorkerMetrics()
         encoders = load_encoders(settings)
         metrics.set_models(encoders.versions)
-        store = TimedStore(ProductStore(settings, encoders.fusion.dims, encoders.fusion.version), metrics)
+        store = TimedStore(ProductStore(settings, encoders.fusion.dims, encoders.store_version), metrics)
         return cls(settings, encoders, FeatureCache(settings.redis_url, settings.cache_ttl_s), store,
                    Tombstones(settings.redis_url), metrics)
 

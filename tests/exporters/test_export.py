@@ -115,7 +115,7 @@ def test_version_changes_with_extra_settings(tmp_path: Path) -> None:
 def test_export_all_keeps_existing_models(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mtimes = {p.name: p.stat().st_mtime_ns for p in model_dir.glob("*.onnx")}
     manifests = export_all(model_dir)
-    assert [m["name"] for m in manifests] == ["text", "image"]
+    assert [m["name"] for m in manifests] == ["text", "image", "text.int8", "image.int8"]
     assert {p.name: p.stat().st_mtime_ns for p in model_dir.glob("*.onnx")} == mtimes
     assert "up to date" in capsys.readouterr().out
 

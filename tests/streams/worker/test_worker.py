@@ -78,8 +78,8 @@ def test_worker_indexes_updates_deletes_and_dead_letters(settings: Settings, cat
         assert worker.stats()["points"] == len(products) - 1
 
     # the worker is gone: Qdrant's folder is free, read every point directly
-    fusion = load_encoders(settings).fusion
-    store = ProductStore(settings, fusion.dims, fusion.version)
+    encoders = load_encoders(settings)
+    store = ProductStore(settings, encoders.fusion.dims, encoders.store_version)
     try:
         points = {p.payload["product_id"]: p for p in store.all_points()}
     finally:
