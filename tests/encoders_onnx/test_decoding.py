@@ -4,7 +4,6 @@ memory), every mode shown as a viewer shows it, and the pixel budget shared by d
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys

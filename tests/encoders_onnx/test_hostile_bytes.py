@@ -9,7 +9,6 @@ are derandomized so the suite is repeatable; run with ``--hypothesis-seed=random
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -181,7 +181,6 @@ def test_fused_vectors_rank_same_category_first(pipeline, catalog):
     pipeline.process(messages(*catalog))
     hits = 0
     for event in catalog:
-        vector = pipeline.store.vector(event.product_id, "fused")
         top = pipeline.store.recommend([event.product_id], limit=1)[0]
         hits += top.payload["category"][-1] == event.category[-1]
     random_rate = 1 / 30  # the demo catalog spreads products over 30 article types
