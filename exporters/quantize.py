@@ -74,7 +74,7 @@ def parity(fp32: np.ndarray, int8: np.ndarray, threshold: float) -> Parity:
     return Parity(float(cosines.mean()), float(cosines.min()), threshold, len(cosines))
 
 
-def calibration_catalog(dataset: Path = DEMO_CATALOG, mapping: CatalogMapping = DEMO_MAPPING) -> list[Product]:
+def calibration_catalog(dataset: Path = DEMO_CATALOG / "products.csv", mapping: CatalogMapping = DEMO_MAPPING) -> list[Product]:
     """Products with an image file, in catalog order (the demo catalog unless told otherwise)."""
     return [p for p in load_catalog(dataset, mapping).products if p.image is not None and p.image.is_file()]
 
