@@ -36,11 +36,11 @@ from PIL import Image
 from qdrant_client import models
 from qdrant_client.http.exceptions import ResponseHandlingException
 
-from encoders_onnx.decoding import MediaError, load_image
+from encoders_onnx.decoding import DECODER_VERSION, MediaError, PixelBudget, load_image
 from encoders_onnx.fusion import MODALITIES, ModalityBatch
 from encoders_onnx.session import l2_normalize
 from streams.adapters.cache import FeatureCache, feature_key
-from streams.adapters.media import MediaLimits, content_hash, fetch_bytes
+from streams.adapters.media import BatchFetcher, MediaLimits, content_hash, fetch_bytes
 from streams.adapters.store import ProductStore, StoredState, category_prefixes, point_id
 from streams.adapters.tombstones import Tombstones
 from streams.schema.events import EventError, EventLimits, ProductEvent, parse_event
@@ -227,6 +227,11 @@ class Pipeline:
         self.image_limits = MediaLimits.for_images(settings)
         self.video_limits = MediaLimits.for_videos(settings)
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
+        self._downloads = BatchFetcher(self._io, per_host=settings.fetch_per_host)
+        # the full-size buffers decoded at once, across the pool's threads (JPEGs decode downscaled)
+        self._pixel_budget = PixelBudget(settings.decode_pixel_budget)
+        # an image vector depends on the decoder too: the same bytes decode to other pixels after a change
+        self._image_version = f"{encoders.image.version}+{DECODER_VERSION}"
         # read-decide-write of a batch and of a re-index page must not interleave, or an older
         # version could be written over a newer one between the check and the write
         self._applying = threading.Lock()
@@ -340,22 +345,32 @@ class Pipeline:
                 ]
 
     def _fetch(self, events: Sequence[ProductEvent]) -> list[Fetched]:
-        """Fetch every image and video of the batch (downloads in parallel, local files inline:
-        a thread hand-off costs more than reading a small file), bounded by the media limits,
-        then fingerprint each product's content."""
+        """Fetch every image and video of the batch, bounded by the media limits, then
+        fingerprint each product's content. Downloads run in parallel, a few at a time per
+        host, and all end at the batch's media deadline; local files are read inline (a thread
+        hand-off costs more than reading a small file)."""
         wanted = [(i, "image", uri) for i, event in enumerate(events) for uri in event.image_uris[: self.settings.max_images]]
         wanted += [(i, "video", event.video_uri) for i, event in enumerate(events) if event.video_uri]
+
+        def limits(modality: str) -> MediaLimits:
+            return self.video_limits if modality == "video" else self.image_limits
+
+        def as_media(uri: str, result: bytes | MediaError) -> Media | Failure:
+            if isinstance(result, MediaError):
+                return Failure(result.code, f"{uri}: {result}")
+            return Media(uri, result, content_hash(result))
 
         def fetch(item: tuple[int, str, str]) -> Media | Failure:
             _, modality, uri = item
             try:
-                data = fetch_bytes(uri, self.video_limits if modality == "video" else self.image_limits)
+                return as_media(uri, fetch_bytes(uri, limits(modality)))
             except MediaError as exc:
-                return Failure(exc.code, f"{uri}: {exc}")
-            return Media(uri, data, content_hash(data))
+                return as_media(uri, exc)
 
         remote = [item for item in wanted if item[2].startswith(("http://", "https://"))]
-        downloaded = dict(zip(remote, self._io.map(fetch, remote)))
+        results = self._downloads.fetch_all([(uri, limits(modality)) for _, modality, uri in remote],
+                                            deadline_s=self.settings.media_deadline_s) if remote else []
+        downloaded = {item: as_media(item[2], result) for item, result in zip(remote, results)}
         media: list[dict[str, list[Media | Failure]]] = [{"image": [], "video": []} for _ in events]
         for item in wanted:  # in the event's order: the first image stays first
             media[item[0]][item[1]].append(downloaded[item] if item in downloaded else fetch(item))
@@ -371,6 +386,7 @@ class Pipeline:
     def _fingerprint(self, event: ProductEvent, images: Sequence[Media], video: Media | None) -> str:
         return content_hash(json.dumps({
             "models": self.encoders.versions,
+            "decoder": DECODER_VERSION,
             "text": event.text,
             "images": [media.digest for media in images],
             "video": video.digest if video else None,
@@ -383,7 +399,7 @@ class Pipeline:
         text_vectors = self._cached("text", self.encoders.text.version, texts, [content_hash(t.encode()) for t in texts],
                                     self._encode_texts, counts)
         images = [(product, media) for product in products for media in product.images]
-        image_vectors = self._cached("image", self.encoders.image.version, [m.data for _, m in images],
+        image_vectors = self._cached("image", self._image_version, [m.data for _, m in images],
                                      [m.digest for _, m in images], self._encode_images, counts)
         videos = [(product, product.video) for product in products if product.video is not None]
         video_vectors = self._cached("video", self.encoders.video.version, [m.data for _, m in videos],
@@ -413,16 +429,21 @@ class Pipeline:
         return list(self.encoders.text.encode(texts, batch_size=self.settings.batch_size))
 
     def _encode_images(self, payloads: list[bytes]) -> list[Encoded]:
+        """Decoded and encoded ``image_chunk`` at a time: a batch holds at most that many decoded
+        images, and its full-size decode buffers stay within the pixel budget."""
         def decode(data: bytes) -> Image.Image | Failure:
             try:
-                return load_image(data, self.settings.max_image_pixels)
+                return load_image(data, self.settings.max_image_pixels, self._pixel_budget)
             except MediaError as exc:
                 return Failure(exc.code, str(exc))
 
-        decoded = list(self._io.map(decode, payloads))
-        good = [image for image in decoded if not isinstance(image, Failure)]
-        vectors = iter(self.encoders.image.encode(good, batch_size=self.settings.batch_size) if good else [])
-        return [image if isinstance(image, Failure) else next(vectors) for image in decoded]
+        results: list[Encoded] = []
+        for start in range(0, len(payloads), self.settings.image_chunk):
+            decoded = list(self._io.map(decode, payloads[start: start + self.settings.image_chunk]))
+            good = [image for image in decoded if not isinstance(image, Failure)]
+            vectors = iter(self.encoders.image.encode(good, batch_size=self.settings.batch_size) if good else [])
+            results += [image if isinstance(image, Failure) else next(vectors) for image in decoded]
+        return results
 
     def _encode_videos(self, payloads: list[bytes]) -> list[Encoded]:
         return [Failure(r.code, str(r)) if isinstance(r, MediaError) else r.vector
