@@ -27,8 +27,10 @@ from streams.worker.pipeline import (
     SERVICE_ERRORS,
     BatchOutcome,
     DeadLetter,
+    Failure,
     IncomingMessage,
     Pipeline,
+    RetryLater,
     Stats,
 )
 from streams.worker.reindex import ReindexJob, start_in_background
@@ -44,6 +46,9 @@ SOURCE_HEADER = "shelfstream-source"  # topic/partition/offset of the original e
 # say how long it was and what its sha256 was, so an operator can match it with the source.
 ORIGINAL_SIZE_HEADER = "shelfstream-original-size"
 ORIGINAL_SHA256_HEADER = "shelfstream-original-sha256"
+# On the media-retry topic: the how-manieth retry this is, and the Unix time before which it waits.
+ATTEMPT_HEADER = "shelfstream-attempt"
+NOT_BEFORE_HEADER = "shelfstream-not-before"
 MAX_REASON_BYTES = 2_000
 MAX_KEY_BYTES = 1_024
 
@@ -82,6 +87,39 @@ def dead_letter_record(letter: DeadLetter, max_value_bytes: int) -> DeadLetterRe
     return DeadLetterRecord(key, value, headers)
 
 
+@dataclass(frozen=True)
+class MediaRetry:
+    """Where an event stands on the retry topic."""
+
+    attempt: int
+    not_before: float
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> "MediaRetry":
+        """Read from a record's headers (a mapping or (name, value) pairs, as clients differ)."""
+        values = {name: bytes(value).decode() for name, value in dict(headers or {}).items()}
+        return cls(int(values.get(ATTEMPT_HEADER, "1")), float(values.get(NOT_BEFORE_HEADER, "0")))
+
+
+def next_retry(attempt: int, settings: Settings, now: float) -> MediaRetry | None:
+    """Retry ``attempt`` (1 for the first) after a backoff doubling each time; None when the
+    attempts are spent and the event is a dead letter instead."""
+    if attempt > settings.media_retry_attempts:
+        return None
+    return MediaRetry(attempt, now + settings.media_retry_backoff_s * 2 ** (attempt - 1))
+
+
+def retry_record(retry: RetryLater, position: MediaRetry) -> DeadLetterRecord:
+    """The original event, unchanged, with its attempt and not-before time in headers."""
+    message = retry.message
+    return DeadLetterRecord(message.key, message.value or b"", {
+        ATTEMPT_HEADER: str(position.attempt).encode(),
+        NOT_BEFORE_HEADER: f"{position.not_before:.3f}".encode(),
+        REASON_HEADER: retry.failure.reason.encode("utf-8", "replace")[:MAX_REASON_BYTES],
+        SOURCE_HEADER: f"{message.topic}/{message.partition}/{message.offset}".encode(),
+    })
+
+
 class WorkerState:
     """What one worker process holds: the pipeline (models, cache, store) and its counters."""
 
@@ -107,11 +145,11 @@ class WorkerState:
     def searcher(self) -> Searcher:
         return Searcher(self.pipeline.store, self.pipeline.encoders, self.settings.max_image_pixels)
 
-    def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+    def process(self, messages: Sequence[IncomingMessage], retry: bool = False) -> BatchOutcome:
         """Process a batch and count it, as one step for ``status`` (the dead-letter policy is
         ``Pipeline.process``'s)."""
         with self._batch:
-            outcome = self.pipeline.process(messages)
+            outcome = self.pipeline.process(messages, retry)
             self.stats.add(outcome)
         return outcome
 
@@ -149,6 +187,19 @@ def create_app(settings: Settings) -> faust.App:
     worker = WorkerState(settings)
     events = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw", partitions=1)
+    retries = app.topic(settings.retry_topic, key_serializer="raw", value_serializer="raw", partitions=1)
+
+    async def finish(outcome: BatchOutcome, attempt: int) -> None:
+        """Dead letters and media retries (``attempt`` is the retry they would be) delivered
+        before the batch's offsets are committed."""
+        position = next_retry(attempt, settings, time.time())
+        letters = list(outcome.dead_letters)
+        if position is None:
+            letters += [DeadLetter(r.message, Failure(r.failure.code, f"{r.failure.reason} (after {attempt - 1} retries)"))
+                        for r in outcome.retries]
+        else:
+            await _with_retry(lambda: _send(retries, [retry_record(r, position) for r in outcome.retries]))
+        await _with_retry(lambda: _send(dead_letters, [dead_letter_record(l, settings.dead_letter_max_bytes) for l in letters]))
 
     @app.agent(events)
     async def index_products(stream: faust.StreamT) -> None:
@@ -160,8 +211,22 @@ def create_app(settings: Settings) -> faust.App:
                 for e in batch
             ]
             outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages))
-            await _with_retry(lambda: _send_dead_letters(dead_letters, outcome.dead_letters, settings.dead_letter_max_bytes))
+            await finish(outcome, attempt=1)
             log.info("batch of %d: %s", len(messages), dict(outcome.counts))
+
+    @app.agent(retries)
+    async def retry_media(stream: faust.StreamT) -> None:
+        """One event at a time, each waiting for its not-before time: this topic's wait never
+        holds up the events topic's partitions, which the other agent reads."""
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            position = MediaRetry.from_headers(event.message.headers)
+            await asyncio.sleep(max(0.0, position.not_before - time.time()))
+            message = IncomingMessage(event.message.value, event.message.key, event.message.topic,
+                                      event.message.partition, event.message.offset)
+            outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, [message], True))
+            await finish(outcome, attempt=position.attempt + 1)
+            log.info("media retry %d of %r: %s", position.attempt, event.message.key, dict(outcome.counts))
 
     @app.on_partitions_assigned.connect
     async def shorten_fetch_wait(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
@@ -194,19 +259,18 @@ async def _with_retry(attempt: Callable[[], Awaitable[T]], max_delay_s: float = 
             delay = min(delay * 2, max_delay_s)
 
 
-async def _send_dead_letters(topic: faust.TopicT, letters: Sequence[DeadLetter], max_value_bytes: int) -> None:
+async def _send(topic: faust.TopicT, records: Sequence[DeadLetterRecord]) -> None:
     """All sent at once and all delivered before the batch's offsets are committed; any failed
     delivery raises ``DeadLetterDeliveryError`` (then all are sent again: duplicates, never losses)."""
     try:
         deliveries = []
-        for letter in letters:
-            record = dead_letter_record(letter, max_value_bytes)
+        for record in records:
             deliveries.append(await topic.send(key=record.key, value=record.value, headers=record.headers))
         await asyncio.gather(*deliveries)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        raise DeadLetterDeliveryError(f"{len(letters)} dead letters not delivered: {exc!r}") from exc
+        raise DeadLetterDeliveryError(f"{len(records)} records not delivered: {exc!r}") from exc
 
 
 def _add_query_api(app: faust.App, worker: WorkerState) -> None:

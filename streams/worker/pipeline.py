@@ -58,6 +58,9 @@ SERVICE_ERRORS: tuple[type[BaseException], ...] = (
 )
 PROCESSING_FAILED = "processing_failed"
 STORED_ERROR = "stored_media_error"  # a modality failure recorded when unchanged content was first encoded
+# Media failures that say nothing about the medium itself (its host was slow): the product is
+# indexed without it now and its event is retried later instead of dead-lettered.
+RETRIED_MEDIA_CODES = frozenset({"timeout"})
 
 
 # -- values that flow through the stages ------------------------------------------------------
@@ -96,15 +99,24 @@ class DeadLetter:
         return self.failure.reason
 
 
+@dataclass(frozen=True)
+class RetryLater:
+    """An indexed product whose medium timed out: its event is processed again later."""
+
+    message: IncomingMessage
+    failure: Failure
+
+
 @dataclass
 class BatchOutcome:
     """What a batch did. ``failures`` are by product (``apply`` knows no messages);
-    ``process`` turns them into ``dead_letters``."""
+    ``process`` turns them into ``dead_letters``, or ``retries`` when a medium timed out."""
 
     indexed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     failures: dict[str, list[Failure]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    retries: list[RetryLater] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     freshness_ms: list[float] = field(default_factory=list)
 
@@ -114,6 +126,7 @@ class BatchOutcome:
         for product_id, failures in other.failures.items():
             self.failures.setdefault(product_id, []).extend(failures)
         self.dead_letters += other.dead_letters
+        self.retries += other.retries
         self.counts.update(other.counts)
         self.freshness_ms += other.freshness_ms
 
@@ -199,16 +212,18 @@ def newest_per_product(
     return latest
 
 
-def plan_against(events: Sequence[ProductEvent], current: Mapping[str, StoredState]) -> Plan:
+def plan_against(events: Sequence[ProductEvent], current: Mapping[str, StoredState], redo: bool = False) -> Plan:
     """Older than stored: stale. Same version: a duplicate, except that a delete wins a tie with
-    a live point. Otherwise delete or upsert."""
+    a live point, and that ``redo`` (a media retry) upserts a live point's own version again.
+    Otherwise delete or upsert."""
     deletes, upserts, stale, duplicates = [], [], 0, 0
     for event in events:
         known = current.get(event.product_id)
+        live = known is not None and known.fingerprint is not None
         if known is not None and event.version < known.version:
             stale += 1
         elif known is not None and event.version == known.version and not (
-                event.op == "delete" and known.fingerprint is not None):
+                live and (event.op == "delete" or redo)):
             duplicates += 1
         else:
             (deletes if event.op == "delete" else upserts).append(event)
@@ -252,13 +267,15 @@ class Pipeline:
 
     # -- public entry points ----------------------------------------------------------------------
 
-    def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+    def process(self, messages: Sequence[IncomingMessage], retry: bool = False) -> BatchOutcome:
         """A batch of raw messages, with the whole dead-letter policy: an invalid event, and each
-        failed modality of an indexed product, is a dead letter with its reason; a batch that
-        fails for a reason no check foresaw is rerun one message at a time so that only the
-        message that fails on its own is dead-lettered. The services' errors propagate."""
+        failed modality of an indexed product, is a dead letter with its reason, except a
+        medium that timed out: that product's message is in ``retries``. A batch that fails for
+        a reason no check foresaw is rerun one message at a time so that only the message that
+        fails on its own is dead-lettered. The services' errors propagate. ``retry``: these
+        messages were processed before (a media retry), so their own version is redone."""
         try:
-            outcome = self._process_batch(messages)
+            outcome = self._process_batch(messages, retry)
         except SERVICE_ERRORS:
             raise
         except Exception as exc:  # a bug or an input no check foresaw
@@ -266,20 +283,20 @@ class Pipeline:
                 log.warning("batch of %d failed (%r); retrying one event at a time", len(messages), exc)
                 outcome = BatchOutcome()
                 for message in messages:
-                    outcome.merge(self.process([message]))
+                    outcome.merge(self.process([message], retry))
                 return outcome
             log.exception("event failed, dead-lettered")
             outcome = BatchOutcome(dead_letters=[DeadLetter(messages[0], Failure(PROCESSING_FAILED, f"processing failed: {exc!r}"))])
         outcome.counts["dead_lettered"] += len(outcome.dead_letters)
         return outcome
 
-    def apply(self, events: Sequence[ProductEvent]) -> BatchOutcome:
+    def apply(self, events: Sequence[ProductEvent], redo: bool = False) -> BatchOutcome:
         """Bring the store up to date with ``events`` (at most one per product), planned against
         what is stored and the tombstones; per-product failures come back in ``failures``."""
         outcome = BatchOutcome()
         with self._applying:
             current = self._current([e.product_id for e in events])
-            plan = plan_against(events, current)
+            plan = plan_against(events, current, redo)
             outcome.counts["stale_skipped"] += plan.stale
             outcome.counts["duplicates"] += plan.duplicates
             self._delete(plan.deletes, outcome)
@@ -291,7 +308,7 @@ class Pipeline:
 
     # -- the stages, in order ---------------------------------------------------------------------
 
-    def _process_batch(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+    def _process_batch(self, messages: Sequence[IncomingMessage], retry: bool) -> BatchOutcome:
         outcome = BatchOutcome()
         parsed: list[tuple[ProductEvent, IncomingMessage]] = []
         for message in messages:
@@ -301,9 +318,14 @@ class Pipeline:
                 outcome.dead_letters.append(DeadLetter(message, Failure(exc.code, f"invalid event: {exc}")))
         outcome.counts["events"] += len(parsed)
         latest = newest_per_product(parsed, outcome.counts)
-        outcome.merge(self.apply([event for event, _ in latest.values()]))
+        outcome.merge(self.apply([event for event, _ in latest.values()], redo=retry))
         for product_id, failures in outcome.failures.items():
-            outcome.dead_letters += [DeadLetter(latest[product_id][1], failure) for failure in failures]
+            message = latest[product_id][1]
+            timed_out = [f for f in failures if f.code in RETRIED_MEDIA_CODES]
+            if timed_out:
+                outcome.retries.append(RetryLater(message, timed_out[0]))
+            outcome.dead_letters += [DeadLetter(message, f) for f in failures if f.code not in RETRIED_MEDIA_CODES]
+        outcome.counts["media_retries"] += len(outcome.retries)
         return outcome
 
     def _current(self, product_ids: list[str]) -> dict[str, StoredState]:
