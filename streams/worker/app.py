@@ -182,6 +182,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1,
         broker_rebalance_timeout=20,
         producer_acks=-1,
+        # On SIGTERM, cancel a batch in progress instead of waiting for it: during an outage it
+        # would retry forever. Its offsets are not committed, so it is redone after the restart.
+        stream_wait_empty=False,
         datadir=str(datadir / settings.app_id),
     )
     worker = WorkerState(settings)
@@ -255,7 +258,11 @@ async def _with_retry(attempt: Callable[[], Awaitable[T]], max_delay_s: float = 
             return await attempt()
         except RETRIED as exc:
             log.warning("%r; retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:  # the worker stops (SIGTERM): do not wait for the service
+                log.warning("shutting down: the batch is abandoned uncommitted (it is redone after the restart)")
+                raise
             delay = min(delay * 2, max_delay_s)
 
 
