@@ -231,6 +231,15 @@ def create_app(settings: Settings) -> faust.App:
             await finish(outcome, attempt=position.attempt + 1)
             log.info("media retry %d of %r: %s", position.attempt, event.message.key, dict(outcome.counts))
 
+    @app.timer(interval=settings.topic_check_s)
+    async def recreate_lost_topics() -> None:
+        """A restarted embedded broker comes back without its topics: create them again so the
+        consumer and the dead-letter and retry producers find them (a no-op while they exist)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, ensure_topics, settings)
+        except Exception as exc:  # the broker is down: the next tick tries again
+            log.warning("cannot check the topics: %s", exc)
+
     @app.on_partitions_assigned.connect
     async def shorten_fetch_wait(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
         _set_fetch_max_wait(sender, settings.fetch_max_wait_ms)

@@ -58,6 +58,19 @@ def test_the_worker_carries_on_after_redis_restarts(own_settings, own_services, 
         worker.wait_until(lambda s: s["points"] == 12, 120, "the products published after the restart")
 
 
+def test_the_worker_carries_on_after_the_broker_restarts(own_settings, own_services, catalog, tmp_path):
+    """The embedded broker comes back empty: the worker re-creates its topics and rejoins."""
+    settings = dataclasses.replace(own_settings, topic_check_s=2.0)
+    with WorkerProcess(settings, tmp_path / "worker.log") as worker:
+        publish_events(settings, catalog[:4])
+        worker.wait_until(lambda s: s["points"] == 4, 180, "the first products indexed")
+        _kill(own_services, "kafka")
+        start_services(own_services)
+        time.sleep(5)  # the worker's topic check runs every 2 s
+        publish_events(settings, catalog[4:8])
+        worker.wait_until(lambda s: s["points"] == 8, 240, "the products published after the broker restarted")
+
+
 def test_sigterm_ends_a_worker_retrying_during_a_redis_outage(own_settings, own_services, catalog, tmp_path):
     log_path = tmp_path / "worker.log"
     worker = WorkerProcess(own_settings, log_path)
