@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from infra.services import read_service_state, start_services, stop_services
 from streams.settings import Settings
@@ -66,7 +67,13 @@ def test_the_worker_carries_on_after_the_broker_restarts(own_settings, own_servi
         worker.wait_until(lambda s: s["points"] == 4, 180, "the first products indexed")
         _kill(own_services, "kafka")
         start_services(own_services)
-        time.sleep(5)  # the worker's topic check runs every 2 s
+        # nothing but the worker creates them now (the publisher would too: it has not run yet)
+        wanted = {settings.events_topic, settings.dead_letter_topic, settings.retry_topic}
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        deadline = time.monotonic() + 60
+        while not wanted <= set(admin.list_topics(timeout=10).topics) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert wanted <= set(admin.list_topics(timeout=10).topics), worker.log_tail()
         publish_events(settings, catalog[4:8])
         worker.wait_until(lambda s: s["points"] == 8, 240, "the products published after the broker restarted")
 
