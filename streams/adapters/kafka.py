@@ -30,11 +30,11 @@ def idempotent_producer(settings: Settings, **overrides: object) -> Producer:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> None:
-    """Create the events and interactions topics (with ``settings.partitions``) and the dead-letter
-    topic if absent."""
+    """Create the events and interactions topics (with ``settings.partitions``), the dead-letter and
+    the media-retry topics if absent."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 2})  # one clear error, not a log per retry
     wanted = {settings.events_topic: settings.partitions, settings.interactions_topic: settings.partitions,
-              settings.dead_letter_topic: 1}
+              settings.dead_letter_topic: 1, settings.retry_topic: 1}
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:

@@ -33,8 +33,10 @@ from streams.worker.pipeline import (
     SERVICE_ERRORS,
     BatchOutcome,
     DeadLetter,
+    Failure,
     IncomingMessage,
     Pipeline,
+    RetryLater,
     Stats,
 )
 from streams.worker.health import NotReady, Probe, broker_probe, redis_probe
@@ -54,6 +56,9 @@ SOURCE_HEADER = "shelfstream-source"  # topic/partition/offset of the original e
 # say how long it was and what its sha256 was, so an operator can match it with the source.
 ORIGINAL_SIZE_HEADER = "shelfstream-original-size"
 ORIGINAL_SHA256_HEADER = "shelfstream-original-sha256"
+# On the media-retry topic: the how-manieth retry this is, and the Unix time before which it waits.
+ATTEMPT_HEADER = "shelfstream-attempt"
+NOT_BEFORE_HEADER = "shelfstream-not-before"
 MAX_REASON_BYTES = 2_000
 MAX_KEY_BYTES = 1_024
 
@@ -90,6 +95,43 @@ def dead_letter_record(letter: DeadLetter, max_value_bytes: int) -> DeadLetterRe
         value = value[:max_value_bytes]
     key = message.key[:MAX_KEY_BYTES] if message.key is not None else None
     return DeadLetterRecord(key, value, headers)
+
+
+@dataclass(frozen=True)
+class MediaRetry:
+    """Where an event stands on the retry topic."""
+
+    attempt: int
+    not_before: float
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> "MediaRetry":
+        """Read from a record's headers (a mapping or (name, value) pairs, as clients differ)."""
+        try:
+            values = {name: bytes(value).decode() for name, value in dict(headers or {}).items()}
+            return cls(max(1, int(values.get(ATTEMPT_HEADER, "1"))), float(values.get(NOT_BEFORE_HEADER, "0")))
+        except (TypeError, ValueError, UnicodeDecodeError, OverflowError):  # not written by a worker: retry once now
+            log.warning("media retry with unreadable headers %r: retried now", headers)
+            return cls(1, 0.0)
+
+
+def next_retry(attempt: int, settings: Settings, now: float) -> MediaRetry | None:
+    """Retry ``attempt`` (1 for the first) after a backoff doubling each time; None when the
+    attempts are spent and the event is a dead letter instead."""
+    if attempt > settings.media_retry_attempts:
+        return None
+    return MediaRetry(attempt, now + settings.media_retry_backoff_s * 2 ** (attempt - 1))
+
+
+def retry_record(retry: RetryLater, position: MediaRetry) -> DeadLetterRecord:
+    """The original event, unchanged, with its attempt and not-before time in headers."""
+    message = retry.message
+    return DeadLetterRecord(message.key, message.value or b"", {
+        ATTEMPT_HEADER: str(position.attempt).encode(),
+        NOT_BEFORE_HEADER: f"{position.not_before:.3f}".encode(),
+        REASON_HEADER: retry.failure.reason.encode("utf-8", "replace")[:MAX_REASON_BYTES],
+        SOURCE_HEADER: f"{message.topic}/{message.partition}/{message.offset}".encode(),
+    })
 
 
 class WorkerState:
@@ -130,12 +172,12 @@ class WorkerState:
         """The pipeline if it is loaded, without loading it (readiness must not block on that)."""
         return self._pipeline
 
-    def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+    def process(self, messages: Sequence[IncomingMessage], retry: bool = False) -> BatchOutcome:
         """Process a batch and count it, as one step for ``status`` (the dead-letter policy is
         ``Pipeline.process``'s)."""
         started = time.perf_counter()
         with self._batch:
-            outcome = self.pipeline.process(messages)
+            outcome = self.pipeline.process(messages, retry)
             self.stats.add(outcome)
         self.metrics.record_batch(len(messages), outcome.counts, time.perf_counter() - started)
         self.metrics.record_dead_letters(letter.failure.code for letter in outcome.dead_letters)
@@ -169,6 +211,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1,
         broker_rebalance_timeout=20,
         producer_acks=-1,
+        # On SIGTERM, cancel a batch in progress instead of waiting for it: during an outage it
+        # would retry forever. Its offsets are not committed, so it is redone after the restart.
+        stream_wait_empty=False,
         datadir=str(datadir / settings.app_id),
     )
     worker = WorkerState(settings)
@@ -176,6 +221,19 @@ def create_app(settings: Settings) -> faust.App:
     interactions = app.topic(settings.interactions_topic, key_serializer="raw", value_serializer="raw",
                              partitions=settings.partitions)
     dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw", partitions=1)
+    retries = app.topic(settings.retry_topic, key_serializer="raw", value_serializer="raw", partitions=1)
+
+    async def finish(outcome: BatchOutcome, attempt: int) -> None:
+        """Dead letters and media retries (``attempt`` is the retry they would be) delivered
+        before the batch's offsets are committed."""
+        position = next_retry(attempt, settings, time.time())
+        letters = list(outcome.dead_letters)
+        if position is None:
+            letters += [DeadLetter(r.message, Failure(r.failure.code, f"{r.failure.reason} (after {attempt - 1} retries)"))
+                        for r in outcome.retries]
+        else:
+            await _with_retry(lambda: _send(retries, [retry_record(r, position) for r in outcome.retries]))
+        await _with_retry(lambda: _send(dead_letters, [dead_letter_record(l, settings.dead_letter_max_bytes) for l in letters]))
 
     @app.agent(events)
     async def index_products(stream: faust.StreamT) -> None:
@@ -184,7 +242,7 @@ def create_app(settings: Settings) -> faust.App:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
             messages = _incoming(batch)
             outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages), worker.metrics.record_retry)
-            await _with_retry(lambda: _send_dead_letters(dead_letters, outcome.dead_letters, settings.dead_letter_max_bytes))
+            await finish(outcome, attempt=1)
             log.info("batch of %d: %s", len(messages), dict(outcome.counts))
 
     @app.agent(interactions)
@@ -192,7 +250,31 @@ def create_app(settings: Settings) -> faust.App:
         loop = asyncio.get_running_loop()
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
             outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.apply_interactions, _incoming(batch)))
-            await _with_retry(lambda: _send_dead_letters(dead_letters, outcome.dead_letters, settings.dead_letter_max_bytes))
+            await finish(outcome, attempt=1)
+
+    @app.agent(retries)
+    async def retry_media(stream: faust.StreamT) -> None:
+        """One event at a time, each waiting for its not-before time: this topic's wait never
+        holds up the events topic's partitions, which the other agent reads."""
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            position = MediaRetry.from_headers(event.message.headers)
+            longest = settings.media_retry_backoff_s * 2 ** settings.media_retry_attempts
+            await asyncio.sleep(min(longest, max(0.0, position.not_before - time.time())))
+            message = IncomingMessage(event.message.value, event.message.key, event.message.topic,
+                                      event.message.partition, event.message.offset)
+            outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, [message], True))
+            await finish(outcome, attempt=position.attempt + 1)
+            log.info("media retry %d of %r: %s", position.attempt, event.message.key, dict(outcome.counts))
+
+    @app.timer(interval=settings.topic_check_s)
+    async def recreate_lost_topics() -> None:
+        """A restarted embedded broker comes back without its topics: create them again so the
+        consumer and the dead-letter and retry producers find them (a no-op while they exist)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, ensure_topics, settings)
+        except Exception as exc:  # the broker is down: the next tick tries again
+            log.warning("cannot check the topics: %s", exc)
 
     @app.on_partitions_assigned.connect
     async def shorten_fetch_wait(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
@@ -228,23 +310,26 @@ async def _with_retry(attempt: Callable[[], Awaitable[T]], on_retry: Callable[[]
         except RETRIED as exc:
             on_retry()
             log.warning("%r; retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:  # the worker stops (SIGTERM): do not wait for the service
+                log.warning("shutting down: the batch is abandoned uncommitted (it is redone after the restart)")
+                raise
             delay = min(delay * 2, max_delay_s)
 
 
-async def _send_dead_letters(topic: faust.TopicT, letters: Sequence[DeadLetter], max_value_bytes: int) -> None:
+async def _send(topic: faust.TopicT, records: Sequence[DeadLetterRecord]) -> None:
     """All sent at once and all delivered before the batch's offsets are committed; any failed
     delivery raises ``DeadLetterDeliveryError`` (then all are sent again: duplicates, never losses)."""
     try:
         deliveries = []
-        for letter in letters:
-            record = dead_letter_record(letter, max_value_bytes)
+        for record in records:
             deliveries.append(await topic.send(key=record.key, value=record.value, headers=record.headers))
         await asyncio.gather(*deliveries)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        raise DeadLetterDeliveryError(f"{len(letters)} dead letters not delivered: {exc!r}") from exc
+        raise DeadLetterDeliveryError(f"{len(records)} records not delivered: {exc!r}") from exc
 
 
 class WorkerBackend:

@@ -35,11 +35,11 @@ import redis
 from PIL import Image
 from qdrant_client.http.exceptions import ResponseHandlingException
 
-from encoders_onnx.decoding import MediaError, load_image
+from encoders_onnx.decoding import DECODER_VERSION, MediaError, PixelBudget, load_image
 from encoders_onnx.fusion import MODALITIES, ModalityBatch
 from encoders_onnx.session import l2_normalize
 from streams.adapters.cache import FeatureCache, feature_key
-from streams.adapters.media import MediaLimits, content_hash, fetch_bytes
+from streams.adapters.media import BatchFetcher, MediaLimits, content_hash, fetch_bytes
 from streams.adapters.store import ProductPoint, ProductStore, StoredState, category_prefixes
 from streams.adapters.tombstones import Tombstones
 from streams.schema.events import EventError, EventLimits, ProductEvent, parse_event
@@ -58,6 +58,9 @@ SERVICE_ERRORS: tuple[type[BaseException], ...] = (
 )
 PROCESSING_FAILED = "processing_failed"
 STORED_ERROR = "stored_media_error"  # a modality failure recorded when unchanged content was first encoded
+# Media failures that say nothing about the medium itself (its host was slow): the product is
+# indexed without it now and its event is retried later instead of dead-lettered.
+RETRIED_MEDIA_CODES = frozenset({"timeout"})
 
 
 # -- values that flow through the stages ------------------------------------------------------
@@ -96,15 +99,24 @@ class DeadLetter:
         return self.failure.reason
 
 
+@dataclass(frozen=True)
+class RetryLater:
+    """An indexed product whose medium timed out: its event is processed again later."""
+
+    message: IncomingMessage
+    failure: Failure
+
+
 @dataclass
 class BatchOutcome:
     """What a batch did. ``failures`` are by product (``apply`` knows no messages);
-    ``process`` turns them into ``dead_letters``."""
+    ``process`` turns them into ``dead_letters``, or ``retries`` when a medium timed out."""
 
     indexed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     failures: dict[str, list[Failure]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    retries: list[RetryLater] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     freshness_ms: list[float] = field(default_factory=list)
 
@@ -114,6 +126,7 @@ class BatchOutcome:
         for product_id, failures in other.failures.items():
             self.failures.setdefault(product_id, []).extend(failures)
         self.dead_letters += other.dead_letters
+        self.retries += other.retries
         self.counts.update(other.counts)
         self.freshness_ms += other.freshness_ms
 
@@ -199,16 +212,18 @@ def newest_per_product(
     return latest
 
 
-def plan_against(events: Sequence[ProductEvent], current: Mapping[str, StoredState]) -> Plan:
+def plan_against(events: Sequence[ProductEvent], current: Mapping[str, StoredState], redo: bool = False) -> Plan:
     """Older than stored: stale. Same version: a duplicate, except that a delete wins a tie with
-    a live point. Otherwise delete or upsert."""
+    a live point, and that ``redo`` (a media retry) upserts a live point's own version again.
+    Otherwise delete or upsert."""
     deletes, upserts, stale, duplicates = [], [], 0, 0
     for event in events:
         known = current.get(event.product_id)
+        live = known is not None and known.fingerprint is not None
         if known is not None and event.version < known.version:
             stale += 1
         elif known is not None and event.version == known.version and not (
-                event.op == "delete" and known.fingerprint is not None):
+                live and (event.op == "delete" or redo)):
             duplicates += 1
         else:
             (deletes if event.op == "delete" else upserts).append(event)
@@ -228,6 +243,11 @@ class Pipeline:
         self.image_limits = MediaLimits.for_images(settings)
         self.video_limits = MediaLimits.for_videos(settings)
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
+        self._downloads = BatchFetcher(self._io, per_host=settings.fetch_per_host)
+        # the full-size buffers decoded at once, across the pool's threads (JPEGs decode downscaled)
+        self._pixel_budget = PixelBudget(settings.decode_pixel_budget)
+        # an image vector depends on the decoder too: the same bytes decode to other pixels after a change
+        self._image_version = f"{encoders.image.version}+{DECODER_VERSION}"
         # read-decide-write of a batch and of a re-index page must not interleave, or an older
         # version could be written over a newer one between the check and the write
         self._applying = threading.Lock()
@@ -250,13 +270,15 @@ class Pipeline:
 
     # -- public entry points ----------------------------------------------------------------------
 
-    def process(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+    def process(self, messages: Sequence[IncomingMessage], retry: bool = False) -> BatchOutcome:
         """A batch of raw messages, with the whole dead-letter policy: an invalid event, and each
-        failed modality of an indexed product, is a dead letter with its reason; a batch that
-        fails for a reason no check foresaw is rerun one message at a time so that only the
-        message that fails on its own is dead-lettered. The services' errors propagate."""
+        failed modality of an indexed product, is a dead letter with its reason, except a
+        medium that timed out: that product's message is in ``retries``. A batch that fails for
+        a reason no check foresaw is rerun one message at a time so that only the message that
+        fails on its own is dead-lettered. The services' errors propagate. ``retry``: these
+        messages were processed before (a media retry), so their own version is redone."""
         try:
-            outcome = self._process_batch(messages)
+            outcome = self._process_batch(messages, retry)
         except SERVICE_ERRORS:
             raise
         except Exception as exc:  # a bug or an input no check foresaw
@@ -264,20 +286,20 @@ class Pipeline:
                 log.warning("batch of %d failed (%r); retrying one event at a time", len(messages), exc)
                 outcome = BatchOutcome()
                 for message in messages:
-                    outcome.merge(self.process([message]))
+                    outcome.merge(self.process([message], retry))
                 return outcome
             log.exception("event failed, dead-lettered")
             outcome = BatchOutcome(dead_letters=[DeadLetter(messages[0], Failure(PROCESSING_FAILED, f"processing failed: {exc!r}"))])
         outcome.counts["dead_lettered"] += len(outcome.dead_letters)
         return outcome
 
-    def apply(self, events: Sequence[ProductEvent]) -> BatchOutcome:
+    def apply(self, events: Sequence[ProductEvent], redo: bool = False) -> BatchOutcome:
         """Bring the store up to date with ``events`` (at most one per product), planned against
         what is stored and the tombstones; per-product failures come back in ``failures``."""
         outcome = BatchOutcome()
         with self._applying:
             current = self._current([e.product_id for e in events])
-            plan = plan_against(events, current)
+            plan = plan_against(events, current, redo)
             outcome.counts["stale_skipped"] += plan.stale
             outcome.counts["duplicates"] += plan.duplicates
             self._delete(plan.deletes, outcome)
@@ -289,7 +311,7 @@ class Pipeline:
 
     # -- the stages, in order ---------------------------------------------------------------------
 
-    def _process_batch(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
+    def _process_batch(self, messages: Sequence[IncomingMessage], retry: bool) -> BatchOutcome:
         outcome = BatchOutcome()
         parsed: list[tuple[ProductEvent, IncomingMessage]] = []
         for message in messages:
@@ -299,9 +321,14 @@ class Pipeline:
                 outcome.dead_letters.append(DeadLetter(message, Failure(exc.code, f"invalid event: {exc}")))
         outcome.counts["events"] += len(parsed)
         latest = newest_per_product(parsed, outcome.counts)
-        outcome.merge(self.apply([event for event, _ in latest.values()]))
+        outcome.merge(self.apply([event for event, _ in latest.values()], redo=retry))
         for product_id, failures in outcome.failures.items():
-            outcome.dead_letters += [DeadLetter(latest[product_id][1], failure) for failure in failures]
+            message = latest[product_id][1]
+            timed_out = [f for f in failures if f.code in RETRIED_MEDIA_CODES]
+            if timed_out:
+                outcome.retries.append(RetryLater(message, timed_out[0]))
+            outcome.dead_letters += [DeadLetter(message, f) for f in failures if f.code not in RETRIED_MEDIA_CODES]
+        outcome.counts["media_retries"] += len(outcome.retries)
         return outcome
 
     def _current(self, product_ids: list[str]) -> dict[str, StoredState]:
@@ -343,22 +370,32 @@ class Pipeline:
                 ]
 
     def _fetch(self, events: Sequence[ProductEvent]) -> list[Fetched]:
-        """Fetch every image and video of the batch (downloads in parallel, local files inline:
-        a thread hand-off costs more than reading a small file), bounded by the media limits,
-        then fingerprint each product's content."""
+        """Fetch every image and video of the batch, bounded by the media limits, then
+        fingerprint each product's content. Downloads run in parallel, a few at a time per
+        host, and all end at the batch's media deadline; local files are read inline (a thread
+        hand-off costs more than reading a small file)."""
         wanted = [(i, "image", uri) for i, event in enumerate(events) for uri in event.image_uris[: self.settings.max_images]]
         wanted += [(i, "video", event.video_uri) for i, event in enumerate(events) if event.video_uri]
+
+        def limits(modality: str) -> MediaLimits:
+            return self.video_limits if modality == "video" else self.image_limits
+
+        def as_media(uri: str, result: bytes | MediaError) -> Media | Failure:
+            if isinstance(result, MediaError):
+                return Failure(result.code, f"{uri}: {result}")
+            return Media(uri, result, content_hash(result))
 
         def fetch(item: tuple[int, str, str]) -> Media | Failure:
             _, modality, uri = item
             try:
-                data = fetch_bytes(uri, self.video_limits if modality == "video" else self.image_limits)
+                return as_media(uri, fetch_bytes(uri, limits(modality)))
             except MediaError as exc:
-                return Failure(exc.code, f"{uri}: {exc}")
-            return Media(uri, data, content_hash(data))
+                return as_media(uri, exc)
 
         remote = [item for item in wanted if item[2].startswith(("http://", "https://"))]
-        downloaded = dict(zip(remote, self._io.map(fetch, remote)))
+        results = self._downloads.fetch_all([(uri, limits(modality)) for _, modality, uri in remote],
+                                            deadline_s=self.settings.media_deadline_s) if remote else []
+        downloaded = {item: as_media(item[2], result) for item, result in zip(remote, results)}
         media: list[dict[str, list[Media | Failure]]] = [{"image": [], "video": []} for _ in events]
         for item in wanted:  # in the event's order: the first image stays first
             media[item[0]][item[1]].append(downloaded[item] if item in downloaded else fetch(item))
@@ -374,6 +411,7 @@ class Pipeline:
     def _fingerprint(self, event: ProductEvent, images: Sequence[Media], video: Media | None) -> str:
         return content_hash(json.dumps({
             "models": self.encoders.versions,
+            "decoder": DECODER_VERSION,
             "text": event.text,
             "images": [media.digest for media in images],
             "video": video.digest if video else None,
@@ -386,7 +424,7 @@ class Pipeline:
         text_vectors = self._cached("text", self.encoders.text.version, texts, [content_hash(t.encode()) for t in texts],
                                     self._encode_texts, counts)
         images = [(product, media) for product in products for media in product.images]
-        image_vectors = self._cached("image", self.encoders.image.version, [m.data for _, m in images],
+        image_vectors = self._cached("image", self._image_version, [m.data for _, m in images],
                                      [m.digest for _, m in images], self._encode_images, counts)
         videos = [(product, product.video) for product in products if product.video is not None]
         video_vectors = self._cached("video", self.encoders.video.version, [m.data for _, m in videos],
@@ -416,16 +454,21 @@ class Pipeline:
         return list(self.encoders.text.encode(texts, batch_size=self.settings.batch_size))
 
     def _encode_images(self, payloads: list[bytes]) -> list[Encoded]:
+        """Decoded and encoded ``image_chunk`` at a time: a batch holds at most that many decoded
+        images, and its full-size decode buffers stay within the pixel budget."""
         def decode(data: bytes) -> Image.Image | Failure:
             try:
-                return load_image(data, self.settings.max_image_pixels)
+                return load_image(data, self.settings.max_image_pixels, self._pixel_budget)
             except MediaError as exc:
                 return Failure(exc.code, str(exc))
 
-        decoded = list(self._io.map(decode, payloads))
-        good = [image for image in decoded if not isinstance(image, Failure)]
-        vectors = iter(self.encoders.image.encode(good, batch_size=self.settings.batch_size) if good else [])
-        return [image if isinstance(image, Failure) else next(vectors) for image in decoded]
+        results: list[Encoded] = []
+        for start in range(0, len(payloads), self.settings.image_chunk):
+            decoded = list(self._io.map(decode, payloads[start: start + self.settings.image_chunk]))
+            good = [image for image in decoded if not isinstance(image, Failure)]
+            vectors = iter(self.encoders.image.encode(good, batch_size=self.settings.batch_size) if good else [])
+            results += [image if isinstance(image, Failure) else next(vectors) for image in decoded]
+        return results
 
     def _encode_videos(self, payloads: list[bytes]) -> list[Encoded]:
         return [Failure(r.code, str(r)) if isinstance(r, MediaError) else r.vector

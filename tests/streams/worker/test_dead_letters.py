@@ -15,7 +15,7 @@ from streams.worker.app import (
     REASON_HEADER,
     SOURCE_HEADER,
     DeadLetterDeliveryError,
-    _send_dead_letters,
+    _send,
     _with_retry,
     dead_letter_record,
 )
@@ -64,8 +64,8 @@ class FakeTopic:
 
 def test_a_failed_delivery_raises_so_the_batch_is_not_committed():
     topic = FakeTopic(failures=1)
-    with pytest.raises(DeadLetterDeliveryError, match="2 dead letters not delivered"):
-        asyncio.run(_send_dead_letters(topic, [letter(b"a"), letter(b"b")], 1000))
+    with pytest.raises(DeadLetterDeliveryError, match="2 records not delivered"):
+        asyncio.run(_send(topic, [dead_letter_record(letter(v), 1000) for v in (b"a", b"b")]))
 
 
 def test_the_agent_retries_delivery_until_every_dead_letter_is_taken(monkeypatch):
@@ -75,6 +75,6 @@ def test_the_agent_retries_delivery_until_every_dead_letter_is_taken(monkeypatch
     monkeypatch.setattr(asyncio, "sleep", no_wait)
     topic = FakeTopic(failures=3)
     letters = [letter(b"a"), letter(HUGE)]
-    asyncio.run(_with_retry(lambda: _send_dead_letters(topic, letters, 900_000)))
+    asyncio.run(_with_retry(lambda: _send(topic, [dead_letter_record(l, 900_000) for l in letters])))
     assert [value[:1] for _, value, _ in topic.delivered][-2:] == [b"a", b"{"]
     assert topic.delivered[-1][2][ORIGINAL_SIZE_HEADER] == str(len(HUGE)).encode()
