@@ -11,10 +11,9 @@ import pytest
 
 from streams.schema.events import ProductEvent
 from streams.settings import Settings
-from streams.tools.client import get_json
+from streams.tools.client import ApiError, Client
 from streams.tools.publish import publish_events
 from streams.tools.runner import WorkerProcess
-from streams.worker.search import QueryError
 
 pytestmark = pytest.mark.integration
 KILLS = 5
@@ -49,8 +48,11 @@ def audit(settings: Settings, expected: dict[str, ProductEvent]) -> dict[str, li
     problems: dict[str, list[str]] = {"lost": [], "stale": [], "resurrected": []}
     for product_id, event in expected.items():
         try:
-            payload = get_json(f"{settings.worker_url}/products/{product_id}")["payload"]
-        except QueryError:  # 404: not indexed
+            with Client.remote(settings) as client:
+                payload = client.product(product_id)["payload"]
+        except ApiError as exc:
+            if exc.status != 404:  # 404: not indexed
+                raise
             payload = None
         if event.op == "delete" and payload is not None:
             problems["resurrected"].append(product_id)

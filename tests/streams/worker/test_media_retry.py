@@ -15,7 +15,7 @@ import pytest
 
 from streams.adapters.kafka import read_topic
 from streams.settings import Settings
-from streams.tools.client import get_json
+from streams.tools.client import Client
 from streams.tools.publish import publish_events
 from streams.tools.runner import WorkerProcess
 from streams.worker.app import (
@@ -130,14 +130,18 @@ def test_a_retry_never_revives_a_deleted_product(retry_settings, catalog, seller
 def test_the_worker_indexes_the_image_once_the_slow_host_recovers(retry_settings, catalog, seller, tmp_path):
     event = catalog[0].derive(image_uris=[seller.url])
     others = catalog[1:9]
-    product_url = f"{retry_settings.worker_url}/products/{event.product_id}"
+
+    def modalities() -> list[str]:
+        with Client.remote(retry_settings) as client:
+            return client.product(event.product_id)["payload"]["modalities"]
+
     seller.delay_s = 5.0
     with WorkerProcess(retry_settings, tmp_path / "worker.log") as worker:
         publish_events(retry_settings, [event, *others])
         worker.wait_until(lambda s: s["points"] == 1 + len(others), 180, "every product indexed, one without its image")
-        assert get_json(product_url)["payload"]["modalities"] == ["text"]
+        assert modalities() == ["text"]
         seller.delay_s = 0.0
-        worker.wait_until(lambda s: get_json(product_url)["payload"]["modalities"] == ["image", "text"], 120,
+        worker.wait_until(lambda s: modalities() == ["image", "text"], 120,
                           "the retried image indexed")
     retried = read_topic(retry_settings, retry_settings.retry_topic, expected=1)
     assert retried[0].value == event.to_bytes() and retried[0].headers[ATTEMPT_HEADER] == "1"
