@@ -38,6 +38,7 @@ def settings(services: dict, model_dir: Path, tmp_path: Path) -> Settings:
         events_topic=f"test-{run}.events",
         interactions_topic=f"test-{run}.interactions",
         dead_letter_topic=f"test-{run}.dead-letter",
+        retry_topic=f"test-{run}.media-retry",
         collection=f"products_{run}",
         batch_size=16,
         batch_window_s=0.2,

@@ -48,8 +48,8 @@ def test_points_of_a_committed_batch_survive_kill_9(settings: Settings, catalog,
         worker.stop()
     assert worker.process.returncode == -9
 
-    fusion = load_encoders(settings).fusion
-    store = ProductStore(settings, fusion.dims, fusion.version)  # a restart: the shard reloads from disk and WAL
+    encoders = load_encoders(settings)
+    store = ProductStore(settings, encoders.fusion.dims, encoders.store_version)  # a restart: the shard reloads from disk and WAL
     try:
         points = {p.product_id: p for p in store.all_points()}
     finally:

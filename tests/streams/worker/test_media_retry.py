@@ -145,4 +145,4 @@ def test_the_worker_indexes_the_image_once_the_slow_host_recovers(retry_settings
                           "the retried image indexed")
     retried = read_topic(retry_settings, retry_settings.retry_topic, expected=1)
     assert retried[0].value == event.to_bytes() and retried[0].headers[ATTEMPT_HEADER] == "1"
-    assert read_topic(retry_settings, retry_settings.dead_letter_topic, expected=1, timeout_s=5) == []
+    assert read_topic(retry_settings, retry_settings.dead_letter_topic, expected=1, timeout_s=5).records == ()
