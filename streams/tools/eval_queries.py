@@ -102,12 +102,13 @@ def metrics(ranked: Sequence[bool], relevant_total: int, cutoff: int = CUTOFF) -
 
 def index_rows(settings: Settings, rows: Sequence[Row], vectors: np.ndarray, variant: str) -> ProductStore:
     """A fresh store of the rows' title vectors; the ``titles`` variant leaves the attribute values
-    out of the payload that the keyword index reads."""
+    and category levels out of the payload that the keyword index reads."""
     store = ProductStore(dataclasses.replace(settings, collection=f"eval_{variant}"), {"text": vectors.shape[1]})
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
         store.upsert([ProductPoint(r.product_id, {"text": v}, {
-            "product_id": r.product_id, "title": r.title, "description": r.description, "category": r.category,
+            "product_id": r.product_id, "title": r.title, "description": r.description,
+            "category": r.category if variant == "full" else [],
             "category_path": [" > ".join(r.category[: i + 1]) for i in range(len(r.category))],
             "attributes": r.attributes if variant == "full" else {}, "modalities": ["text"],
         }) for r, v in zip(chunk, vectors[start:start + 256])])

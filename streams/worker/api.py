@@ -208,8 +208,8 @@ class Product(BaseModel):
 class SearchHit(Product):
     rank: int
     score: float
-    score_kind: Literal["cosine", "bm25", "rrf"] = Field(
-        description="cosine: one vector list; bm25: keyword search; rrf: reciprocal-rank fusion of several lists")
+    score_kind: Literal["cosine", "bm25", "dbsf"] = Field(
+        description="cosine: one vector list; bm25: keyword search; dbsf: distribution-based score fusion of several lists (each normalised by its mean and 3 std, weighted sum)")
     scores: ModalityScores
 
 

@@ -3,8 +3,10 @@ recommendations, each hit explained by its per-modality scores. The HTTP API (``
 only caller; the CLI and the demo reach this code through that API, in the worker or in-process.
 
 Scores of different lists are not on one scale (text-to-text cosines run higher than
-text-to-image, BM25 is unbounded), so several lists are merged by weighted reciprocal-rank
-fusion and the hit says which score it carries (``score_kind``).
+text-to-image, BM25 is unbounded), so several lists are merged by weighted score
+fusion (DBSF: each list's scores normalised by its own mean and spread, then summed; RRF kept only
+the ranks and let a dense hit barely ahead of its neighbours beat a clear keyword lead: measured in
+the README) and the hit says which score it carries (``score_kind``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ from streams.adapters.store import Hit, ProductStore, SearchFilters
 from streams.worker.encoders import Encoders
 
 TextMode = Literal["dense", "keyword", "hybrid"]
-ScoreKind = Literal["cosine", "bm25", "rrf"]
+ScoreKind = Literal["cosine", "bm25", "dbsf"]
 TEXT_MODES: tuple[TextMode, ...] = ("dense", "keyword", "hybrid")
 MODALITIES = ("text", "image", "video")
-RRF_K = 60  # the usual reciprocal-rank-fusion constant: a list's first hits count most, none dominate
 FUSION_DEPTH = 50  # hits taken from each list before fusing: a product ranked low in one list still counts
 
 
@@ -107,7 +108,7 @@ class Searcher:
     def _dense(self, modality: str, encoded: np.ndarray, filters: SearchFilters | None, page: Page,
                keyword: Sequence[Hit] = ()) -> list[ExplainedHit]:
         """One cosine list is returned as it is; several (more targets, or keyword hits beside
-        them) are fused by weighted RRF over their first ``FUSION_DEPTH`` (or ``offset + limit``) hits."""
+        them) are fused by weighted DBSF over their first ``FUSION_DEPTH`` (or ``offset + limit``) hits."""
         query = self._query_vectors(modality, encoded)
         if len(query) == 1 and not keyword:
             using, vector = next(iter(query.items()))
@@ -118,8 +119,8 @@ class Searcher:
                  for using, vector in query.items()]
         if keyword:
             lists.append((self.keyword_weight, list(keyword)))
-        fused = reciprocal_rank_fusion(lists)[page.offset: page.offset + page.limit]
-        return self._explain(fused, "rrf", query, keyword)
+        fused = distribution_based_score_fusion(lists)[page.offset: page.offset + page.limit]
+        return self._explain(fused, "dbsf", query, keyword)
 
     def _explain(self, hits: Sequence[Hit], kind: ScoreKind, query: Mapping[str, np.ndarray],
                  keyword: Sequence[Hit] = ()) -> list[ExplainedHit]:
@@ -145,13 +146,20 @@ def with_singulars(text: str) -> str:
     return " ".join([*words, *singulars])
 
 
-def reciprocal_rank_fusion(lists: Sequence[tuple[float, Sequence[Hit]]], k: int = RRF_K) -> list[Hit]:
-    """Weighted RRF: a product scores ``sum(weight / (k + rank))`` over the lists that hold it."""
+def distribution_based_score_fusion(lists: Sequence[tuple[float, Sequence[Hit]]]) -> list[Hit]:
+    """Weighted DBSF (as Qdrant fuses): each list's score is placed between its mean minus and plus
+    three standard deviations (0 and 1; not clipped, so an outlier keeps its lead), then a product
+    scores the weighted sum over the lists that hold it. Unlike RRF the size of a lead survives."""
     fused: dict[str, float] = {}
     payloads: dict[str, dict[str, Any]] = {}
     for weight, hits in lists:
-        for rank, hit in enumerate(hits, start=1):
-            fused[hit.product_id] = fused.get(hit.product_id, 0.0) + weight / (k + rank)
+        if not hits:
+            continue
+        scores = np.array([hit.score for hit in hits], dtype=np.float64)
+        low, spread = scores.mean() - 3 * scores.std(), 6 * scores.std()
+        for hit, score in zip(hits, scores):
+            normalised = float((score - low) / spread) if spread > 0 else 0.5
+            fused[hit.product_id] = fused.get(hit.product_id, 0.0) + weight * normalised
             payloads[hit.product_id] = hit.payload
     ranked = sorted(fused.items(), key=lambda item: -item[1])
     return [Hit(product_id, score, payloads[product_id]) for product_id, score in ranked]

@@ -36,6 +36,9 @@ FLOAT_INDEXES = ("price",)
 BM25_K1 = 1.2
 BM25_B = 0.75
 BM25_AVG_LEN = 40.0  # typical title + description + attributes length in tokens
+# BM25F field weight of category levels and attribute values against free text (title, description):
+# "red" as a product's colour counts more than "Red" in a brand name (measured: README, 2 and 4 close).
+VALUE_FIELD_WEIGHT = 3.0
 TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
@@ -92,14 +95,22 @@ class SparseVector:
 
 
 def keyword_document(payload: Mapping[str, Any]) -> SparseVector | None:
-    """BM25-style term weights of title, description and attribute values (None: no words)."""
+    """BM25F-style term weights over two fields (None: no words). Free text (title, description)
+    counts each word once; a structured value (every category level and attribute value) counts
+    ``VALUE_FIELD_WEIGHT`` times, so "red" as a product's colour outweighs "Red" inside a brand name.
+    Term frequencies are summed across fields before saturation, as BM25F does."""
     attributes = payload.get("attributes") or {}
-    words = tokens(" ".join([str(payload.get("title") or ""), str(payload.get("description") or ""),
-                             *map(str, attributes.values())]))
-    if not words:
+    text = tokens(" ".join([str(payload.get("title") or ""), str(payload.get("description") or "")]))
+    values = tokens(" ".join([*map(str, payload.get("category") or []), *map(str, attributes.values())]))
+    if not text and not values:
         return None
-    counts = Counter(token_index(word) for word in words)
-    norm = BM25_K1 * (1 - BM25_B + BM25_B * len(words) / BM25_AVG_LEN)
+    counts: Counter[int] = Counter()
+    for word in text:
+        counts[token_index(word)] += 1.0
+    for word in values:
+        counts[token_index(word)] += VALUE_FIELD_WEIGHT
+    length = len(text) + VALUE_FIELD_WEIGHT * len(values)
+    norm = BM25_K1 * (1 - BM25_B + BM25_B * length / BM25_AVG_LEN)
     indices = sorted(counts)
     return SparseVector(tuple(indices), tuple(counts[i] * (BM25_K1 + 1) / (counts[i] + norm) for i in indices))
 

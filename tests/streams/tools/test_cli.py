@@ -269,7 +269,7 @@ def test_status_with_nothing_running(monkeypatch, capsys, tmp_path):
 
 def test_format_table_columns():
     hits = [
-        {"rank": 1, "product_id": "53010", "score": 0.912345, "score_kind": "rrf", "title": "FNF Yellow Printed Sari",
+        {"rank": 1, "product_id": "53010", "score": 0.912345, "score_kind": "dbsf", "title": "FNF Yellow Printed Sari",
          "category": ["Apparel", "Saree", "Sarees"], "price": 499.0, "modalities": ["image", "text"],
          "scores": {"text": 0.8, "image": None, "video": None, "keyword": 3.5}},
         {"rank": 2, "product_id": "1234567890123", "score": 0.5, "score_kind": "cosine", "title": "T" * 60,
@@ -282,7 +282,7 @@ def test_format_table_columns():
     starts = {name: lines[0].index(name) for name in names}
     first, second = lines[1], lines[2]
     assert first[starts["score"]:].startswith("0.9123 ")  # four decimals
-    assert first[starts["kind"]:].startswith("rrf ")
+    assert first[starts["kind"]:].startswith("dbsf ")
     assert first[starts["text"]:].startswith("0.8000 ") and first[starts["image"]:].startswith("  ")
     assert first[starts["keyword"]:].startswith("3.5000 ")
     assert first[starts["category"]:].startswith("Apparel > Saree > Sarees ")

@@ -36,7 +36,7 @@ def test_red_running_shoes_ranks_a_red_sports_shoe_first(api):
     assert (top["attributes"]["baseColour"], top["category"][-1]) == ("Red", "Sports Shoes")
 
 
-@pytest.mark.parametrize("mode, kind", [("dense", "cosine"), ("keyword", "bm25"), ("hybrid", "rrf")])
+@pytest.mark.parametrize("mode, kind", [("dense", "cosine"), ("keyword", "bm25"), ("hybrid", "dbsf")])
 def test_each_hit_is_explained(api, mode, kind):
     found = hits(api.post("/v1/search/text", json={"text": "black watch", "mode": mode, "limit": 5}))
     assert len(found) == 5 and [h["rank"] for h in found] == [1, 2, 3, 4, 5]
