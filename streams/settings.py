@@ -31,6 +31,7 @@ class Settings:
     qdrant_path: str = _knob("", "Qdrant Edge folder (a shard per model version); default: STATE_DIR/qdrant")
     collection: str = _knob("products", "Qdrant alias that queries use; each model version writes its own collection")
     state_dir: str = _knob(".shelfstream", "where `shelfstream up` keeps pids, ports, logs and data")
+    backup_dir: str = _knob("", "the one folder `POST /v1/backup` writes named backups into; default: STATE_DIR/backups")
     # topics and the Faust app
     app_id: str = _knob("shelfstream", "Faust app id (consumer group)")
     events_topic: str = _knob("shelfstream.product-events", "topic of product events")
@@ -118,6 +119,10 @@ class Settings:
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir).expanduser().resolve()
+
+    @property
+    def backup_path(self) -> Path:
+        return Path(self.backup_dir).expanduser().resolve() if self.backup_dir else self.state_path / "backups"
 
     @property
     def worker_url(self) -> str:

@@ -279,8 +279,8 @@ class WorkerBackend:
     def reindex_status(self) -> ReindexJob:
         return self.worker.reindex_job
 
-    def backup(self, directory: Path, restore: bool) -> list[str]:
-        return backup_store(self.worker.pipeline.store, directory, restore)
+    def backup(self, name: str, restore: bool) -> list[str]:
+        return backup_store(self.worker.pipeline.store, self.worker.settings, name, restore)
 
     def recommender(self) -> Recommender:
         return Recommender(self.worker.pipeline.store, self.worker.profiles, self.worker.profile_config)
