@@ -525,7 +525,8 @@ class QueryService:
 
     def searcher(self) -> Searcher:
         return Searcher(self.store, self.encoders, self.settings.max_image_pixels,
-                        self.settings.search_mode, self.settings.hybrid_keyword_weight)
+                        self.settings.search_mode, self.settings.hybrid_keyword_weight,
+                        self.settings.hybrid_value_weight)
 
     def stats_window(self, reset: bool) -> None:
         return None

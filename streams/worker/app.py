@@ -260,7 +260,8 @@ class WorkerBackend:
 
     def searcher(self) -> Searcher:
         return Searcher(self.worker.pipeline.store, self.worker.pipeline.encoders, self.worker.settings.max_image_pixels,
-                        self.worker.settings.search_mode, self.worker.settings.hybrid_keyword_weight)
+                        self.worker.settings.search_mode, self.worker.settings.hybrid_keyword_weight,
+                        self.worker.settings.hybrid_value_weight)
 
     def stats_window(self, reset: bool) -> Stats:
         """Swapped on the event loop, where the agent adds batches: no batch falls between windows."""

@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from encoders_onnx.decoding import load_image
-from streams.adapters.store import Hit, ProductStore, SearchFilters
+from streams.adapters.store import KEYWORD_FIELDS, Hit, KeywordField, ProductStore, SearchFilters
 from streams.worker.encoders import Encoders
 
 TextMode = Literal["dense", "keyword", "hybrid"]
@@ -53,12 +53,13 @@ class ExplainedHit:
 
 class Searcher:
     def __init__(self, store: ProductStore, encoders: Encoders, max_image_pixels: int,
-                 default_mode: TextMode = "hybrid", keyword_weight: float = 1.0) -> None:
+                 default_mode: TextMode = "hybrid", keyword_weight: float = 1.0, value_weight: float = 1.0) -> None:
         self.store = store
         self.encoders = encoders
         self.max_image_pixels = max_image_pixels
         self.default_mode = default_mode
-        self.keyword_weight = keyword_weight
+        # hybrid weights of the two keyword lists (free text; category and attribute values)
+        self.keyword_weights: dict[KeywordField, float] = {"text": keyword_weight, "values": value_weight}
 
     def similar(self, product_id: str, filters: SearchFilters | None = None, page: Page = Page()) -> list[ExplainedHit]:
         return self.recommend([product_id], [], filters, page)
@@ -83,14 +84,16 @@ class Searcher:
         if not text.strip():
             raise QueryError("the text query is empty")
         mode = mode or self.default_mode
-        keyword: list[Hit] = []
-        if mode != "dense":
-            depth = page.offset + page.limit if mode == "keyword" else max(page.offset + page.limit, FUSION_DEPTH)
-            keyword = self.store.keyword_search(with_singulars(text), depth, filters)
-        if mode == "keyword":
+        encoded = self.encoders.text.encode([text])
+        if mode == "keyword":  # one BM25 list, summed over both fields
+            keyword = self.store.keyword_search(with_singulars(text), page.offset + page.limit, filters)
             hits = [h for h in keyword[page.offset:] if page.score_threshold is None or h.score >= page.score_threshold]
-            return self._explain(hits, "bm25", self._query_vectors("text", self.encoders.text.encode([text])), keyword)
-        return self._dense("text", self.encoders.text.encode([text]), filters, page, keyword)
+            return self._explain(hits, "bm25", self._query_vectors("text", encoded), [keyword])
+        depth = max(page.offset + page.limit, FUSION_DEPTH)
+        keyword_lists = {field: self.store.keyword_search(with_singulars(text), depth, filters, fields=(field,))
+                         for field in KEYWORD_FIELDS} if mode == "hybrid" else {}
+        return self._dense("text", encoded, filters, page,
+                           [(self.keyword_weights[field], hits) for field, hits in keyword_lists.items()])
 
     def by_image(self, data: bytes, filters: SearchFilters | None = None, page: Page = Page()) -> list[ExplainedHit]:
         image = load_image(data, self.max_image_pixels)
@@ -106,9 +109,9 @@ class Searcher:
         return {using: vector for using in self.encoders.fusion.search_targets[modality]}
 
     def _dense(self, modality: str, encoded: np.ndarray, filters: SearchFilters | None, page: Page,
-               keyword: Sequence[Hit] = ()) -> list[ExplainedHit]:
-        """One cosine list is returned as it is; several (more targets, or keyword hits beside
-        them) are fused by weighted DBSF over their first ``FUSION_DEPTH`` (or ``offset + limit``) hits."""
+               keyword: Sequence[tuple[float, Sequence[Hit]]] = ()) -> list[ExplainedHit]:
+        """One cosine list is returned as it is; several (more targets, or weighted keyword lists
+        beside them) are fused by weighted DBSF over their first ``FUSION_DEPTH`` (or ``offset + limit``) hits."""
         query = self._query_vectors(modality, encoded)
         if len(query) == 1 and not keyword:
             using, vector = next(iter(query.items()))
@@ -117,17 +120,20 @@ class Searcher:
         depth = max(page.offset + page.limit, FUSION_DEPTH)
         lists = [(1.0, self.store.search(using, vector, depth, filters, 0, page.score_threshold))
                  for using, vector in query.items()]
-        if keyword:
-            lists.append((self.keyword_weight, list(keyword)))
+        lists.extend(keyword)
         fused = distribution_based_score_fusion(lists)[page.offset: page.offset + page.limit]
-        return self._explain(fused, "dbsf", query, keyword)
+        return self._explain(fused, "dbsf", query, [hits for _, hits in keyword])
 
     def _explain(self, hits: Sequence[Hit], kind: ScoreKind, query: Mapping[str, np.ndarray],
-                 keyword: Sequence[Hit] = ()) -> list[ExplainedHit]:
+                 keyword: Sequence[Sequence[Hit]] = ()) -> list[ExplainedHit]:
         """Each hit with the cosine of the query to each of its stored modality vectors, and its
-        BM25 score where keyword search ran: why it matched, beside the final score."""
+        BM25 score (summed over the keyword lists that hold it) where keyword search ran: why it
+        matched, beside the final score."""
         stored = self.store.vectors([h.product_id for h in hits], list(query)) if query else {}
-        bm25 = {h.product_id: h.score for h in keyword}
+        bm25: dict[str, float] = {}
+        for keyword_hits in keyword:
+            for h in keyword_hits:
+                bm25[h.product_id] = bm25.get(h.product_id, 0.0) + h.score
         explained = []
         for hit in hits:
             scores = {name: round(float(_unit(vector) @ _unit(query[name])), 4)

@@ -32,7 +32,7 @@ def test_red_handbag_for_women_ranks_a_red_handbag_first(api):
 
 
 def test_red_running_shoes_ranks_a_red_sports_shoe_first(api):
-    top = hits(api.post("/v1/search/text", json={"text": "red running shoes", "mode": "keyword"}))[0]
+    top = hits(api.post("/v1/search/text", json={"text": "red running shoes"}))[0]  # the default mode
     assert (top["attributes"]["baseColour"], top["category"][-1]) == ("Red", "Sports Shoes")
 
 
