@@ -42,8 +42,8 @@ class Settings:
     # query API
     api_key: str = _knob("", "when set, every query API endpoint but /health needs it (X-API-Key or Bearer)")
     search_mode: str = _knob("hybrid", "default text search mode: dense, keyword or hybrid (per request: mode)")
-    hybrid_keyword_weight: float = _knob(1.0, "weight of the free-text (title, description) BM25 list in hybrid DBSF; dense lists weigh 1")
-    hybrid_value_weight: float = _knob(1.0, "weight of the category/attribute-values BM25 list in hybrid DBSF")
+    hybrid_keyword_weight: float = _knob(0.5, "weight of the free-text (title, description) BM25 list in hybrid DBSF; dense lists weigh 1")
+    hybrid_value_weight: float = _knob(2.0, "weight of the category/attribute-values BM25 list in hybrid DBSF")
     # batching
     batch_size: int = _knob(32, "events per batch: each encoder runs once per batch")
     batch_window_s: float = _knob(0.2, "longest wait to fill a batch, seconds")
