@@ -53,7 +53,7 @@ class ExplainedHit:
 
 class Searcher:
     def __init__(self, store: ProductStore, encoders: Encoders, max_image_pixels: int,
-                 default_mode: TextMode = "hybrid", keyword_weight: float = 1.0, value_weight: float = 1.0) -> None:
+                 default_mode: TextMode = "hybrid", keyword_weight: float = 0.5, value_weight: float = 2.0) -> None:
         self.store = store
         self.encoders = encoders
         self.max_image_pixels = max_image_pixels
