@@ -31,6 +31,7 @@ class Settings:
     qdrant_path: str = _knob("", "Qdrant Edge folder (a shard per model version); default: STATE_DIR/qdrant")
     collection: str = _knob("products", "Qdrant alias that queries use; each model version writes its own collection")
     state_dir: str = _knob(".shelfstream", "where `shelfstream up` keeps pids, ports, logs and data")
+    backup_dir: str = _knob("", "the one folder `POST /v1/backup` writes named backups into; default: STATE_DIR/backups")
     # topics and the Faust app
     app_id: str = _knob("shelfstream", "Faust app id (consumer group)")
     events_topic: str = _knob("shelfstream.product-events", "topic of product events")
@@ -44,7 +45,8 @@ class Settings:
     # query API
     api_key: str = _knob("", "when set, every query API endpoint but /health needs it (X-API-Key or Bearer)")
     search_mode: str = _knob("hybrid", "default text search mode: dense, keyword or hybrid (per request: mode)")
-    hybrid_keyword_weight: float = _knob(1.0, "weight of the keyword (BM25) list in hybrid RRF; dense lists weigh 1")
+    hybrid_keyword_weight: float = _knob(0.5, "weight of the free-text (title, description) BM25 list in hybrid DBSF; dense lists weigh 1")
+    hybrid_value_weight: float = _knob(2.0, "weight of the category/attribute-values BM25 list in hybrid DBSF")
     # batching
     batch_size: int = _knob(32, "events per batch: each encoder runs once per batch")
     batch_window_s: float = _knob(0.2, "longest wait to fill a batch, seconds")
@@ -126,6 +128,10 @@ class Settings:
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir).expanduser().resolve()
+
+    @property
+    def backup_path(self) -> Path:
+        return Path(self.backup_dir).expanduser().resolve() if self.backup_dir else self.state_path / "backups"
 
     @property
     def worker_url(self) -> str:

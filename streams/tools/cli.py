@@ -128,9 +128,10 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
                                      "--shoppers: recommendations for (simulated) users"),
     }
     command("reindex", cmd_reindex, "re-embed the served catalog with the configured models, then switch queries to it")
-    for name, help_text in (("backup", "snapshot the product store into DIR (Edge shards, or the server's snapshot API)"),
-                            ("restore", "replace the product store by the snapshots in DIR and point the alias as it was")):
-        command(name, cmd_backup, help_text).add_argument("dir", type=Path)
+    for name, help_text in (("backup", "snapshot the product store into the backup NAME under SHELFSTREAM_BACKUP_DIR "
+                                       "(Edge shards, or the server's snapshot API)"),
+                            ("restore", "replace the product store by the snapshots of the backup NAME and point the alias as it was")):
+        command(name, cmd_backup, help_text).add_argument("name", help="a folder name (letters, digits, . _ -), not a path")
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
     lazy["make-videos"] = command("make-videos", cmd_make_videos, "make test clips from product images (no real product videos exist here)")
     if running == "eval":
@@ -387,8 +388,8 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> None:
     from streams.tools.client import backup_command
 
-    done = backup_command(settings, args.dir, restore=args.command == "restore")
-    print(f"{args.command}: {', '.join(done)} ({args.dir})")
+    done = backup_command(settings, args.name, restore=args.command == "restore")
+    print(f"{args.command}: {', '.join(done)} ({settings.backup_path / args.name})")
 
 
 def cmd_make_videos(args: argparse.Namespace, settings: Settings) -> None:

@@ -157,11 +157,12 @@ def reindex_command(settings: Settings) -> ReindexJob:
     return ReindexJob(**status)
 
 
-def backup_command(settings: Settings, directory: Path, restore: bool = False) -> list[str]:
-    """Snapshot the store into ``directory`` (or restore from it) through the API: the running
-    worker when one answers (it holds the Edge shards), else the same API in this process."""
+def backup_command(settings: Settings, name: str, restore: bool = False) -> list[str]:
+    """Snapshot the store into the backup ``name`` under SHELFSTREAM_BACKUP_DIR (or restore from it)
+    through the API: the running worker when one answers (it holds the Edge shards), else the same
+    API in this process."""
     with connect(settings, timeout_s=3600) as client:
-        return client.request("POST", "/v1/backup", json={"dir": str(directory.resolve()), "restore": restore})["done"]
+        return client.request("POST", "/v1/backup", json={"name": name, "restore": restore})["done"]
 
 
 def _show(bar: tqdm, total: int, done: int) -> None:

@@ -102,12 +102,13 @@ def metrics(ranked: Sequence[bool], relevant_total: int, cutoff: int = CUTOFF) -
 
 def index_rows(settings: Settings, rows: Sequence[Row], vectors: np.ndarray, variant: str) -> ProductStore:
     """A fresh store of the rows' title vectors; the ``titles`` variant leaves the attribute values
-    out of the payload that the keyword index reads."""
+    and category levels out of the payload that the keyword index reads."""
     store = ProductStore(dataclasses.replace(settings, collection=f"eval_{variant}"), {"text": vectors.shape[1]})
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
         store.upsert([ProductPoint(r.product_id, {"text": v}, {
-            "product_id": r.product_id, "title": r.title, "description": r.description, "category": r.category,
+            "product_id": r.product_id, "title": r.title, "description": r.description,
+            "category": r.category if variant == "full" else [],
             "category_path": [" > ".join(r.category[: i + 1]) for i in range(len(r.category))],
             "attributes": r.attributes if variant == "full" else {}, "modalities": ["text"],
         }) for r, v in zip(chunk, vectors[start:start + 256])])
@@ -115,7 +116,9 @@ def index_rows(settings: Settings, rows: Sequence[Row], vectors: np.ndarray, var
 
 
 def evaluate(settings: Settings, rows: Sequence[Row], queries: Sequence[Query],
-             keyword_weights: Sequence[float]) -> dict[str, Any]:
+             keyword_weights: Sequence[float], value_weights: Sequence[float]) -> dict[str, Any]:
+    """Every mode on both indexes; hybrid once per pair of keyword-list weights (free text, values).
+    On the titles index the values list is empty, so pairs with one text weight tie there."""
     encoders = load_encoders(settings)
     by_id = {row.product_id: row for row in rows}
     totals = [sum(q.relevant(r) for r in rows) for q in queries]
@@ -125,15 +128,15 @@ def evaluate(settings: Settings, rows: Sequence[Row], queries: Sequence[Query],
         store = index_rows(settings, rows, vectors, variant)
         try:
             results: dict[str, dict[str, float]] = {}
-            runs = [(mode, None) for mode in TEXT_MODES if mode != "hybrid"]
-            runs += [("hybrid", weight) for weight in keyword_weights]
-            for mode, weight in runs:
-                searcher = Searcher(store, encoders, settings.max_image_pixels, mode, weight or 1.0)
+            runs: list[tuple[str, tuple[float, float] | None]] = [(mode, None) for mode in TEXT_MODES if mode != "hybrid"]
+            runs += [("hybrid", (text, values)) for text in keyword_weights for values in value_weights]
+            for mode, weights in runs:
+                searcher = Searcher(store, encoders, settings.max_image_pixels, mode, *(weights or (1.0, 1.0)))
                 scores = []
                 for query, total in zip(queries, totals):
                     hits = searcher.by_text(query.text, page=Page(CUTOFF))
                     scores.append(metrics([query.relevant(by_id[h.product_id]) for h in hits], total))
-                name = mode if weight is None else f"hybrid (keyword weight {weight:g})"
+                name = mode if weights is None else f"hybrid (keyword weights {weights[0]:g} text, {weights[1]:g} values)"
                 results[name] = {k: round(float(np.mean([s[k] for s in scores])), 3) for k in scores[0]}
                 log(f"{variant:<6} {name:<32} {results[name]}")
             report["variants"][variant] = results
@@ -172,7 +175,9 @@ def add_attribute_query_arguments(parser: argparse.ArgumentParser) -> None:
                        help="publish mapping of the catalog's columns (default: demo/catalog/mapping.json)")
     group.add_argument("--min-relevant", type=int, default=5, help="queries need this many relevant test products (default 5)")
     group.add_argument("--keyword-weights", default="0.25,0.5,1",
-                       help="hybrid keyword-list weights to compare, comma-separated (default 0.25,0.5,1)")
+                       help="hybrid weights of the free-text keyword list to compare, comma-separated (default 0.25,0.5,1)")
+    group.add_argument("--value-weights", default="0.5,1,2",
+                       help="hybrid weights of the category/attribute-values keyword list to compare (default 0.5,1,2)")
 
 
 def run_attribute_eval(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -183,7 +188,8 @@ def run_attribute_eval(args: argparse.Namespace, settings: Settings) -> dict[str
     queries = make_queries(rows, args.template, args.min_relevant)
     with tempfile.TemporaryDirectory(prefix="shelfstream-eval-") as folder:
         local = dataclasses.replace(settings, qdrant_url="", qdrant_path=folder)
-        report = evaluate(local, rows, queries, [float(w) for w in args.keyword_weights.split(",")])
+        report = evaluate(local, rows, queries, [float(w) for w in args.keyword_weights.split(",")],
+                          [float(w) for w in args.value_weights.split(",")])
     print(json.dumps(report, indent=2) if getattr(args, "json", False) else format_report(report), flush=True)
     return report
 

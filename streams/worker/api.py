@@ -12,6 +12,7 @@ needs the key, and nothing that changes state answers GET.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -67,7 +68,7 @@ class Backend(Protocol):
     def status(self, window: Any) -> dict[str, Any]: ...
     def start_reindex(self) -> ReindexJob: ...
     def reindex_status(self) -> ReindexJob: ...
-    def backup(self, directory: Path, restore: bool) -> list[str]: ...
+    def backup(self, name: str, restore: bool) -> list[str]: ...
     def recommender(self) -> Recommender: ...
     def forget_user(self, user_id: str) -> bool: ...
 
@@ -208,8 +209,8 @@ class Product(BaseModel):
 class SearchHit(Product):
     rank: int
     score: float
-    score_kind: Literal["cosine", "bm25", "rrf"] = Field(
-        description="cosine: one vector list; bm25: keyword search; rrf: reciprocal-rank fusion of several lists")
+    score_kind: Literal["cosine", "bm25", "dbsf"] = Field(
+        description="cosine: one vector list; bm25: keyword search; dbsf: distribution-based score fusion of several lists (each normalised by its mean and 3 std, weighted sum)")
     scores: ModalityScores
 
 
@@ -230,10 +231,13 @@ class ProductRecord(Product):
     vectors: dict[str, list[float]] | None = None
 
 
+BACKUP_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # one folder name: no separator, never "." or ".."
+
+
 class BackupRequest(Strict):
-    dir: str = Field(min_length=2, max_length=4096, pattern=r"^/[^\x00]*$",
-                     description="an absolute folder path on the server's machine (never relative to its working folder)")
-    restore: bool = Field(False, description="restore from the folder instead of snapshotting into it")
+    name: str = Field(pattern=BACKUP_NAME, description="the backup's folder name inside the server's "
+                      "SHELFSTREAM_BACKUP_DIR (a caller never names a path: it cannot write elsewhere)")
+    restore: bool = Field(False, description="restore from the named backup instead of snapshotting into it")
 
 
 class BackupDone(BaseModel):
@@ -436,19 +440,28 @@ def create_api(backend: Backend) -> FastAPI:
 
     @v1.post("/backup", tags=["service"])
     def backup(request: BackupRequest) -> BackupDone:
-        """Snapshot the store into a folder on the server's machine (Edge shards, or the Qdrant
-        server's snapshot API), or restore from one."""
+        """Snapshot the store into the named folder under the server's backup folder (Edge shards,
+        or the Qdrant server's snapshot API), or restore from it."""
         try:
-            return BackupDone(done=backend.backup(Path(request.dir), request.restore))
+            return BackupDone(done=backend.backup(request.name, request.restore))
         except (OSError, ValueError, LookupError) as exc:
-            raise HTTPException(400, f"dir: {type(exc).__name__}: {exc}") from None
+            raise HTTPException(400, f"name: {type(exc).__name__}: {exc}") from None
 
     add_page(app, v1, lambda product_id: product(product_id).image_uris, backend.media_limits)
     app.include_router(v1)
     return app
 
 
-def backup_store(store: ProductStore, directory: Path, restore: bool) -> list[str]:
+def backup_folder(settings: Settings, name: str) -> Path:
+    """The folder of the backup ``name``: always directly inside ``settings.backup_path`` (checked
+    here too, not only by the request model, so no other caller can name a path)."""
+    if not re.fullmatch(BACKUP_NAME, name):
+        raise ValueError(f"backup name {name!r} is not a folder name matching {BACKUP_NAME}")
+    return settings.backup_path / name
+
+
+def backup_store(store: ProductStore, settings: Settings, name: str, restore: bool) -> list[str]:
+    directory = backup_folder(settings, name)
     return store.restore(directory) if restore else [str(f) for f in store.backup(directory)]
 
 
@@ -512,7 +525,8 @@ class QueryService:
 
     def searcher(self) -> Searcher:
         return Searcher(self.store, self.encoders, self.settings.max_image_pixels,
-                        self.settings.search_mode, self.settings.hybrid_keyword_weight)
+                        self.settings.search_mode, self.settings.hybrid_keyword_weight,
+                        self.settings.hybrid_value_weight)
 
     def stats_window(self, reset: bool) -> None:
         return None
@@ -531,8 +545,8 @@ class QueryService:
     def reindex_status(self) -> ReindexJob:
         raise NotServedHere("this query service does not index: ask a worker for GET /v1/reindex")
 
-    def backup(self, directory: Path, restore: bool) -> list[str]:
-        return backup_store(self.store, directory, restore)
+    def backup(self, name: str, restore: bool) -> list[str]:
+        return backup_store(self.store, self.settings, name, restore)
 
     def recommender(self) -> Recommender:
         return Recommender(self.store, self.profiles, self.profile_config)

@@ -345,7 +345,8 @@ class WorkerBackend:
 
     def searcher(self) -> Searcher:
         return Searcher(self.worker.pipeline.store, self.worker.pipeline.encoders, self.worker.settings.max_image_pixels,
-                        self.worker.settings.search_mode, self.worker.settings.hybrid_keyword_weight)
+                        self.worker.settings.search_mode, self.worker.settings.hybrid_keyword_weight,
+                        self.worker.settings.hybrid_value_weight)
 
     def stats_window(self, reset: bool) -> Stats:
         """Swapped on the event loop, where the agent adds batches: no batch falls between windows."""
@@ -364,8 +365,8 @@ class WorkerBackend:
     def reindex_status(self) -> ReindexJob:
         return self.worker.reindex_job
 
-    def backup(self, directory: Path, restore: bool) -> list[str]:
-        return backup_store(self.worker.pipeline.store, directory, restore)
+    def backup(self, name: str, restore: bool) -> list[str]:
+        return backup_store(self.worker.pipeline.store, self.worker.settings, name, restore)
 
     def recommender(self) -> Recommender:
         return Recommender(self.worker.pipeline.store, self.worker.profiles, self.worker.profile_config)

@@ -3,8 +3,10 @@ recommendations, each hit explained by its per-modality scores. The HTTP API (``
 only caller; the CLI and the demo reach this code through that API, in the worker or in-process.
 
 Scores of different lists are not on one scale (text-to-text cosines run higher than
-text-to-image, BM25 is unbounded), so several lists are merged by weighted reciprocal-rank
-fusion and the hit says which score it carries (``score_kind``).
+text-to-image, BM25 is unbounded), so several lists are merged by weighted score
+fusion (DBSF: each list's scores normalised by its own mean and spread, then summed; RRF kept only
+the ranks and let a dense hit barely ahead of its neighbours beat a clear keyword lead: measured in
+the README) and the hit says which score it carries (``score_kind``).
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from encoders_onnx.decoding import load_image
-from streams.adapters.store import Hit, ProductStore, SearchFilters
+from streams.adapters.store import KEYWORD_FIELDS, Hit, KeywordField, ProductStore, SearchFilters
 from streams.worker.encoders import Encoders
 
 TextMode = Literal["dense", "keyword", "hybrid"]
-ScoreKind = Literal["cosine", "bm25", "rrf"]
+ScoreKind = Literal["cosine", "bm25", "dbsf"]
 TEXT_MODES: tuple[TextMode, ...] = ("dense", "keyword", "hybrid")
 MODALITIES = ("text", "image", "video")
-RRF_K = 60  # the usual reciprocal-rank-fusion constant: a list's first hits count most, none dominate
 FUSION_DEPTH = 50  # hits taken from each list before fusing: a product ranked low in one list still counts
 
 
@@ -52,12 +53,13 @@ class ExplainedHit:
 
 class Searcher:
     def __init__(self, store: ProductStore, encoders: Encoders, max_image_pixels: int,
-                 default_mode: TextMode = "hybrid", keyword_weight: float = 1.0) -> None:
+                 default_mode: TextMode = "hybrid", keyword_weight: float = 0.5, value_weight: float = 2.0) -> None:
         self.store = store
         self.encoders = encoders
         self.max_image_pixels = max_image_pixels
         self.default_mode = default_mode
-        self.keyword_weight = keyword_weight
+        # hybrid weights of the two keyword lists (free text; category and attribute values)
+        self.keyword_weights: dict[KeywordField, float] = {"text": keyword_weight, "values": value_weight}
 
     def similar(self, product_id: str, filters: SearchFilters | None = None, page: Page = Page()) -> list[ExplainedHit]:
         return self.recommend([product_id], [], filters, page)
@@ -82,14 +84,16 @@ class Searcher:
         if not text.strip():
             raise QueryError("the text query is empty")
         mode = mode or self.default_mode
-        keyword: list[Hit] = []
-        if mode != "dense":
-            depth = page.offset + page.limit if mode == "keyword" else max(page.offset + page.limit, FUSION_DEPTH)
-            keyword = self.store.keyword_search(with_singulars(text), depth, filters)
-        if mode == "keyword":
+        encoded = self.encoders.text.encode([text])
+        if mode == "keyword":  # one BM25 list, summed over both fields
+            keyword = self.store.keyword_search(with_singulars(text), page.offset + page.limit, filters)
             hits = [h for h in keyword[page.offset:] if page.score_threshold is None or h.score >= page.score_threshold]
-            return self._explain(hits, "bm25", self._query_vectors("text", self.encoders.text.encode([text])), keyword)
-        return self._dense("text", self.encoders.text.encode([text]), filters, page, keyword)
+            return self._explain(hits, "bm25", self._query_vectors("text", encoded), [keyword])
+        depth = max(page.offset + page.limit, FUSION_DEPTH)
+        keyword_lists = {field: self.store.keyword_search(with_singulars(text), depth, filters, fields=(field,))
+                         for field in KEYWORD_FIELDS} if mode == "hybrid" else {}
+        return self._dense("text", encoded, filters, page,
+                           [(self.keyword_weights[field], hits) for field, hits in keyword_lists.items()])
 
     def by_image(self, data: bytes, filters: SearchFilters | None = None, page: Page = Page()) -> list[ExplainedHit]:
         image = load_image(data, self.max_image_pixels)
@@ -105,9 +109,9 @@ class Searcher:
         return {using: vector for using in self.encoders.fusion.search_targets[modality]}
 
     def _dense(self, modality: str, encoded: np.ndarray, filters: SearchFilters | None, page: Page,
-               keyword: Sequence[Hit] = ()) -> list[ExplainedHit]:
-        """One cosine list is returned as it is; several (more targets, or keyword hits beside
-        them) are fused by weighted RRF over their first ``FUSION_DEPTH`` (or ``offset + limit``) hits."""
+               keyword: Sequence[tuple[float, Sequence[Hit]]] = ()) -> list[ExplainedHit]:
+        """One cosine list is returned as it is; several (more targets, or weighted keyword lists
+        beside them) are fused by weighted DBSF over their first ``FUSION_DEPTH`` (or ``offset + limit``) hits."""
         query = self._query_vectors(modality, encoded)
         if len(query) == 1 and not keyword:
             using, vector = next(iter(query.items()))
@@ -116,17 +120,20 @@ class Searcher:
         depth = max(page.offset + page.limit, FUSION_DEPTH)
         lists = [(1.0, self.store.search(using, vector, depth, filters, 0, page.score_threshold))
                  for using, vector in query.items()]
-        if keyword:
-            lists.append((self.keyword_weight, list(keyword)))
-        fused = reciprocal_rank_fusion(lists)[page.offset: page.offset + page.limit]
-        return self._explain(fused, "rrf", query, keyword)
+        lists.extend(keyword)
+        fused = distribution_based_score_fusion(lists)[page.offset: page.offset + page.limit]
+        return self._explain(fused, "dbsf", query, [hits for _, hits in keyword])
 
     def _explain(self, hits: Sequence[Hit], kind: ScoreKind, query: Mapping[str, np.ndarray],
-                 keyword: Sequence[Hit] = ()) -> list[ExplainedHit]:
+                 keyword: Sequence[Sequence[Hit]] = ()) -> list[ExplainedHit]:
         """Each hit with the cosine of the query to each of its stored modality vectors, and its
-        BM25 score where keyword search ran: why it matched, beside the final score."""
+        BM25 score (summed over the keyword lists that hold it) where keyword search ran: why it
+        matched, beside the final score."""
         stored = self.store.vectors([h.product_id for h in hits], list(query)) if query else {}
-        bm25 = {h.product_id: h.score for h in keyword}
+        bm25: dict[str, float] = {}
+        for keyword_hits in keyword:
+            for h in keyword_hits:
+                bm25[h.product_id] = bm25.get(h.product_id, 0.0) + h.score
         explained = []
         for hit in hits:
             scores = {name: round(float(_unit(vector) @ _unit(query[name])), 4)
@@ -145,13 +152,20 @@ def with_singulars(text: str) -> str:
     return " ".join([*words, *singulars])
 
 
-def reciprocal_rank_fusion(lists: Sequence[tuple[float, Sequence[Hit]]], k: int = RRF_K) -> list[Hit]:
-    """Weighted RRF: a product scores ``sum(weight / (k + rank))`` over the lists that hold it."""
+def distribution_based_score_fusion(lists: Sequence[tuple[float, Sequence[Hit]]]) -> list[Hit]:
+    """Weighted DBSF (as Qdrant fuses): each list's score is placed between its mean minus and plus
+    three standard deviations (0 and 1; not clipped, so an outlier keeps its lead), then a product
+    scores the weighted sum over the lists that hold it. Unlike RRF the size of a lead survives."""
     fused: dict[str, float] = {}
     payloads: dict[str, dict[str, Any]] = {}
     for weight, hits in lists:
-        for rank, hit in enumerate(hits, start=1):
-            fused[hit.product_id] = fused.get(hit.product_id, 0.0) + weight / (k + rank)
+        if not hits:
+            continue
+        scores = np.array([hit.score for hit in hits], dtype=np.float64)
+        low, spread = scores.mean() - 3 * scores.std(), 6 * scores.std()
+        for hit, score in zip(hits, scores):
+            normalised = float((score - low) / spread) if spread > 0 else 0.5
+            fused[hit.product_id] = fused.get(hit.product_id, 0.0) + weight * normalised
             payloads[hit.product_id] = hit.payload
     ranked = sorted(fused.items(), key=lambda item: -item[1])
     return [Hit(product_id, score, payloads[product_id]) for product_id, score in ranked]

@@ -26,7 +26,9 @@ import numpy as np
 
 from streams.adapters.store.engine import Engine
 from streams.adapters.store.model import (
+    KEYWORD_FIELDS,
     KEYWORDS,
+    KeywordField,
     POINT_NAMESPACE,
     Conditions,
     Hit,
@@ -48,7 +50,7 @@ from streams.adapters.store.model import (
 from streams.settings import Settings
 
 __all__ = [
-    "POINT_NAMESPACE", "Hit", "ProductPoint", "ProductStore", "SearchFilters", "StoredPoint", "StoredState",
+    "KEYWORD_FIELDS", "POINT_NAMESPACE", "Hit", "KeywordField", "ProductPoint", "ProductStore", "SearchFilters", "StoredPoint", "StoredState",
     "category_prefixes", "open_engine", "point_id",
 ]
 MANIFEST = "manifest.json"
@@ -177,9 +179,10 @@ class ProductStore:
         """Cosine on one named vector."""
         return self._query(Nearest(using, vector), limit, filters, offset, score_threshold)
 
-    def keyword_search(self, text: str, limit: int = 10, filters: SearchFilters | None = None, offset: int = 0) -> list[Hit]:
-        """BM25-style over title, description and attribute values (the engine applies IDF)."""
-        query = keyword_query(text)
+    def keyword_search(self, text: str, limit: int = 10, filters: SearchFilters | None = None, offset: int = 0,
+                       fields: Sequence[KeywordField] = KEYWORD_FIELDS) -> list[Hit]:
+        """BM25-style over the keyword fields asked (free text, structured values); the engine applies IDF."""
+        query = keyword_query(text, fields)
         return self._query(Nearest(KEYWORDS, query), limit, filters, offset, None) if query else []
 
     def recommend(self, positive_ids: Sequence[str], negative_ids: Sequence[str] = (), using: str = "fused",

@@ -20,7 +20,7 @@ import uuid
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +36,8 @@ FLOAT_INDEXES = ("price",)
 BM25_K1 = 1.2
 BM25_B = 0.75
 BM25_AVG_LEN = 40.0  # typical title + description + attributes length in tokens
+KeywordField = Literal["text", "values"]
+KEYWORD_FIELDS: tuple[KeywordField, ...] = ("text", "values")
 TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
@@ -91,21 +93,37 @@ class SparseVector:
     values: tuple[float, ...]
 
 
-def keyword_document(payload: Mapping[str, Any]) -> SparseVector | None:
-    """BM25-style term weights of title, description and attribute values (None: no words)."""
+def field_tokens(payload: Mapping[str, Any]) -> dict[KeywordField, list[str]]:
+    """The words of each keyword field: free text (title, description) and structured values
+    (every category level and attribute value; the attribute names come from the data)."""
     attributes = payload.get("attributes") or {}
-    words = tokens(" ".join([str(payload.get("title") or ""), str(payload.get("description") or ""),
-                             *map(str, attributes.values())]))
-    if not words:
+    return {"text": tokens(" ".join([str(payload.get("title") or ""), str(payload.get("description") or "")])),
+            "values": tokens(" ".join([*map(str, payload.get("category") or []), *map(str, attributes.values())]))}
+
+
+def field_token_index(field: KeywordField, token: str) -> int:
+    """A token's index in one field: each field is its own term space in the one sparse vector, so
+    the engine's IDF is per field and a query can ask one field ("red" the colour is not "Red" the
+    brand word in a title)."""
+    return token_index(token if field == "text" else f"{field}:{token}")
+
+
+def keyword_document(payload: Mapping[str, Any]) -> SparseVector | None:
+    """BM25-style term weights of each field, saturated per field (None: no words)."""
+    weights: dict[int, float] = {}
+    for field, words in field_tokens(payload).items():
+        counts = Counter(field_token_index(field, word) for word in words)
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * len(words) / BM25_AVG_LEN)
+        weights.update({i: n * (BM25_K1 + 1) / (n + norm) for i, n in counts.items()})
+    if not weights:
         return None
-    counts = Counter(token_index(word) for word in words)
-    norm = BM25_K1 * (1 - BM25_B + BM25_B * len(words) / BM25_AVG_LEN)
-    indices = sorted(counts)
-    return SparseVector(tuple(indices), tuple(counts[i] * (BM25_K1 + 1) / (counts[i] + norm) for i in indices))
+    indices = sorted(weights)
+    return SparseVector(tuple(indices), tuple(weights[i] for i in indices))
 
 
-def keyword_query(text: str) -> SparseVector | None:
-    indices = sorted({token_index(word) for word in tokens(text)})
+def keyword_query(text: str, fields: Sequence[KeywordField] = KEYWORD_FIELDS) -> SparseVector | None:
+    """The query's words in each of ``fields``: the score is the BM25 sum over those fields."""
+    indices = sorted({field_token_index(field, word) for field in fields for word in tokens(text)})
     return SparseVector(tuple(indices), tuple(1.0 for _ in indices)) if indices else None
 
 

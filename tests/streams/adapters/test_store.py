@@ -264,6 +264,15 @@ def test_keyword_search_ranks_rare_words_and_more_matches_first(worded):
     assert ids(worded.keyword_search("jacket", limit=1, offset=1)) in (["denim"], ["jacket"])
 
 
+def test_keyword_fields_tell_a_value_from_the_same_word_in_free_text(worded):
+    # "blue" is the denim's colour (a value) and a word of the watch's description (free text)
+    assert ids(worded.keyword_search("blue", fields=("values",))) == ["denim"]
+    assert set(ids(worded.keyword_search("blue", fields=("text",)))) == {"denim", "watch"}
+    # category levels are values too
+    assert set(ids(worded.keyword_search("topwear", fields=("values",)))) == {"denim", "tee", "jacket"}
+    assert worded.keyword_search("topwear", fields=("text",)) == []
+
+
 def test_recommend_never_returns_its_inputs(worded):
     assert ids(worded.recommend(["denim"])) == ["tee", "jacket", "watch", "socks"]
     assert "tee" not in ids(worded.recommend(["denim"], ["tee"]))

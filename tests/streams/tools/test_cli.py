@@ -269,7 +269,7 @@ def test_status_with_nothing_running(monkeypatch, capsys, tmp_path):
 
 def test_format_table_columns():
     hits = [
-        {"rank": 1, "product_id": "53010", "score": 0.912345, "score_kind": "rrf", "title": "FNF Yellow Printed Sari",
+        {"rank": 1, "product_id": "53010", "score": 0.912345, "score_kind": "dbsf", "title": "FNF Yellow Printed Sari",
          "category": ["Apparel", "Saree", "Sarees"], "price": 499.0, "modalities": ["image", "text"],
          "scores": {"text": 0.8, "image": None, "video": None, "keyword": 3.5}},
         {"rank": 2, "product_id": "1234567890123", "score": 0.5, "score_kind": "cosine", "title": "T" * 60,
@@ -282,7 +282,7 @@ def test_format_table_columns():
     starts = {name: lines[0].index(name) for name in names}
     first, second = lines[1], lines[2]
     assert first[starts["score"]:].startswith("0.9123 ")  # four decimals
-    assert first[starts["kind"]:].startswith("rrf ")
+    assert first[starts["kind"]:].startswith("dbsf ")
     assert first[starts["text"]:].startswith("0.8000 ") and first[starts["image"]:].startswith("  ")
     assert first[starts["keyword"]:].startswith("3.5000 ")
     assert first[starts["category"]:].startswith("Apparel > Saree > Sarees ")
@@ -329,14 +329,15 @@ def test_the_readme_documents_every_setting_with_its_default():
 
 
 def test_backup_and_restore_with_no_worker_round_trip(monkeypatch, capsys, tmp_path, model_dir):
-    """`shelfstream backup DIR` then `restore DIR` on the Edge store, opened by the CLI itself."""
+    """`shelfstream backup NAME` then `restore NAME` on the Edge store, opened by the CLI itself; the
+    snapshots land in SHELFSTREAM_BACKUP_DIR/NAME."""
     import numpy as np
 
     from streams.adapters.store import ProductPoint, ProductStore
     from streams.worker.encoders import load_encoders
 
     for name, value in {"QDRANT_PATH": tmp_path / "qdrant", "WEB_PORT": free_port(), "MODEL_DIR": model_dir,
-                        "PROVIDERS": "cpu", "STATE_DIR": tmp_path / "state"}.items():
+                        "PROVIDERS": "cpu", "STATE_DIR": tmp_path / "state", "BACKUP_DIR": tmp_path / "backups"}.items():
         monkeypatch.setenv(f"SHELFSTREAM_{name}", str(value))
     settings = Settings.from_env()
     fusion = load_encoders(settings).fusion
@@ -348,12 +349,13 @@ def test_backup_and_restore_with_no_worker_round_trip(monkeypatch, capsys, tmp_p
     vectors = {name: np.full(dim, 1 / np.sqrt(dim), dtype=np.float32) for name, dim in fusion.dims.items()}
     store.upsert([ProductPoint(pid, vectors, {"product_id": pid, "version": 1, "title": pid}) for pid in ("a", "b")])
     store.close()
-    assert main(["backup", str(tmp_path / "backup")]) == 0
+    assert main(["backup", "nightly"]) == 0
     assert f"{store.collection}.snapshot" in capsys.readouterr().out
+    assert any((tmp_path / "backups" / "nightly").iterdir())
     store = open_store()
     store.delete(["a"])
     store.close()
-    assert main(["restore", str(tmp_path / "backup")]) == 0
+    assert main(["restore", "nightly"]) == 0
     store = open_store()
     try:
         assert store.count() == 2 and store.get("a").payload["title"] == "a"

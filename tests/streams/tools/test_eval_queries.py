@@ -41,14 +41,18 @@ def test_a_run_on_the_demo_catalog_reports_every_mode_on_both_indexes(model_dir,
     queries = make_queries(rows, "{baseColour} {articleType} for {gender}", min_relevant=3)
     assert len(queries) >= 5
     settings = Settings.from_env(env={}, state_dir=str(tmp_path), qdrant_path=str(tmp_path / "q"), model_dir=str(model_dir))
-    report = evaluate(settings, rows, queries, [0.5])
+    report = evaluate(settings, rows, queries, [0.5], [1, 2])
     assert set(report["variants"]) == set(VARIANTS)
     for results in report["variants"].values():
-        assert set(results) == {"dense", "keyword", "hybrid (keyword weight 0.5)"}
+        assert set(results) == {"dense", "keyword", "hybrid (keyword weights 0.5 text, 1 values)",
+                                "hybrid (keyword weights 0.5 text, 2 values)"}
         assert all(0.0 <= value <= 1.0 for m in results.values() for value in m.values())
     # the indexes differ only in what the keyword index reads: dense search is the same on both
     assert report["variants"]["full"]["dense"] == report["variants"]["titles"]["dense"]
     assert report["variants"]["full"]["keyword"] != report["variants"]["titles"]["keyword"]
+    # the titles index has no values list: its weight changes nothing there
+    titles = report["variants"]["titles"]
+    assert titles["hybrid (keyword weights 0.5 text, 1 values)"] == titles["hybrid (keyword weights 0.5 text, 2 values)"]
 
 
 def test_the_best_mode_is_chosen_on_titles_only_and_a_tie_by_the_full_index():

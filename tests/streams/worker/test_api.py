@@ -32,11 +32,11 @@ def test_red_handbag_for_women_ranks_a_red_handbag_first(api):
 
 
 def test_red_running_shoes_ranks_a_red_sports_shoe_first(api):
-    top = hits(api.post("/v1/search/text", json={"text": "red running shoes", "mode": "keyword"}))[0]
+    top = hits(api.post("/v1/search/text", json={"text": "red running shoes"}))[0]  # the default mode
     assert (top["attributes"]["baseColour"], top["category"][-1]) == ("Red", "Sports Shoes")
 
 
-@pytest.mark.parametrize("mode, kind", [("dense", "cosine"), ("keyword", "bm25"), ("hybrid", "rrf")])
+@pytest.mark.parametrize("mode, kind", [("dense", "cosine"), ("keyword", "bm25"), ("hybrid", "dbsf")])
 def test_each_hit_is_explained(api, mode, kind):
     found = hits(api.post("/v1/search/text", json={"text": "black watch", "mode": mode, "limit": 5}))
     assert len(found) == 5 and [h["rank"] for h in found] == [1, 2, 3, 4, 5]
@@ -140,8 +140,25 @@ def test_a_body_that_is_not_a_json_object_is_a_422(api):
     assert errors(api.post("/v1/search/text", json=[1, 2])) == [(("body",), "Input should be a valid dictionary or object to extract fields from")]
 
 
-def test_a_backup_folder_must_be_absolute(api):
-    assert errors(api.post("/v1/backup", json={"dir": "backups/today"}))[0][0] == ("body", "dir")
+@pytest.mark.parametrize("name", ["../escape", "/tmp/elsewhere", "a/b", ".hidden", "..", "", "x" * 101])
+def test_a_backup_is_named_by_a_folder_name_not_a_path(api, name):
+    assert errors(api.post("/v1/backup", json={"name": name}))[0][0] == ("body", "name")
+
+
+def test_a_backup_path_is_refused_by_name(api):
+    assert errors(api.post("/v1/backup", json={"dir": "/tmp/elsewhere"})) == [(("body", "name"), "Field required"),
+                                                                           (("body", "dir"), "Extra inputs are not permitted")]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "/abs"])
+def test_backup_folder_never_leaves_the_backup_root(name):
+    from streams.settings import Settings
+    from streams.worker.api import backup_folder
+
+    settings = Settings.from_env({"SHELFSTREAM_BACKUP_DIR": "/srv/backups"})
+    assert backup_folder(settings, "nightly-2026.12.02") == Path("/srv/backups/nightly-2026.12.02")
+    with pytest.raises(ValueError, match="not a folder name"):
+        backup_folder(settings, name)
 
 
 def test_product_lookup(api):

@@ -53,7 +53,7 @@ def test_user_image_model_is_served_in_its_own_collection_after_reindex(settings
         for point in points:
             assert {name: len(v) for name, v in point.vector.items()} == {"text": 384, "image": 32, "fused": 416}
             assert point.payload["model_version"]["image"] == manifest["version"]
-        hits = Searcher(new.store, new.encoders, settings.max_image_pixels).similar(products[0].product_id, page=Page(limit=3))
+        hits = Searcher(new.store, new.encoders, settings.max_image_pixels).similar(products[0].product_id, page=Page(3))
         assert len(hits) == 3 and all(hit.payload["model_version"]["image"] == manifest["version"] for hit in hits)
     finally:
         new.close()
