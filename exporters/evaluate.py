@@ -31,13 +31,7 @@ import numpy as np
 
 from encoders_onnx.fusion import FusionModel
 from encoders_onnx.session import FP32, INT8, l2_normalize
-from exporters.catalog import (
-    Catalog,
-    CatalogMapping,
-    add_catalog_arguments,
-    load_catalog,
-    mapping_from_args,
-)
+from exporters.catalog import Catalog, CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
 from exporters.features import (
     DEFAULT_CACHE_DIR,
     IMAGENET_CLASSES,
@@ -47,13 +41,7 @@ from exporters.features import (
     extract_features,
     zero_shot_bridge,
 )
-from exporters.metrics import (
-    K,
-    fused_vectors,
-    item_to_item,
-    method_metrics,
-    split_labels,
-)
+from exporters.metrics import K, fused_vectors, item_to_item, method_metrics, split_labels
 from exporters.shoppers import add_shopper_arguments
 
 LATE_FUSION_STEP = 0.1
@@ -100,11 +88,7 @@ def _supervised_single(
     model: FusionModel, features: Features, split: Mapping[str, np.ndarray], fine: np.ndarray, modality: str, seed: int
 ) -> np.ndarray:
     """Test vectors of the bundle's own fusion training run on one modality's projection only."""
-    from exporters.train import (  # torch only for this baseline
-        TrainConfig,
-        fit_single_modality,
-        fuse_single,
-    )
+    from exporters.train import TrainConfig, fit_single_modality, fuse_single  # torch only for this baseline
 
     z = _projections(model, features)[modality]
     has = features.present[modality]

@@ -36,20 +36,8 @@ from torch import Tensor, nn
 
 from encoders_onnx.fusion import BUNDLE_MANIFEST, FusionModel
 from encoders_onnx.session import FP32
-from exporters.catalog import (
-    Catalog,
-    CatalogMapping,
-    add_catalog_arguments,
-    load_catalog,
-    mapping_from_args,
-)
-from exporters.features import (
-    DEFAULT_CACHE_DIR,
-    Features,
-    MediaDecoding,
-    add_feature_arguments,
-    extract_features,
-)
+from exporters.catalog import Catalog, CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
+from exporters.features import DEFAULT_CACHE_DIR, Features, MediaDecoding, add_feature_arguments, extract_features
 from exporters.heads import (
     AlignmentHeads,
     FusionAutoencoder,

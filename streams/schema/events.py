@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import faust
 
 from encoders_onnx.text import encoder_text
+from streams.schema.untrusted import json_object
 from streams.settings import Settings
 
 SCHEMA_VERSION = 1
@@ -124,16 +125,7 @@ def parse_event(raw: bytes | str | None, limits: EventLimits = DEFAULT_LIMITS) -
         raise EventError("empty message")
     limits.check("max_event_bytes", len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw),
                  "the event's size in bytes")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError(f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise EventError("malformed JSON: nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise EventError(f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise EventError(f"event must be a JSON object, got {type(data).__name__}")
+    data = json_object(raw, EventError, "event")
     return event_from_dict(data, limits)
 
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from streams.schema.untrusted import json_object
+
 SCHEMA_VERSION = 1
 KINDS = ("view", "click", "add_to_cart", "purchase", "dislike")
 MAX_ID_LENGTH = 256
@@ -50,16 +52,7 @@ class Interaction:
 
 def parse_interaction(raw: bytes | str | None) -> Interaction:
     """Validate untrusted bytes into an Interaction, or raise InteractionError with the reason."""
-    if raw is None or len(raw) == 0:
-        raise InteractionError("empty message")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InteractionError(f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise InteractionError("malformed JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise InteractionError(f"interaction must be a JSON object, got {type(data).__name__}")
+    data = json_object(raw, InteractionError, "interaction")
     return interaction_from_dict(data)
 
 
