@@ -11,7 +11,8 @@ measures the store, not the encoders. Queries are timed one at a time, as a quer
   store), unfiltered and with a category filter.
 - Edge is measured before ``optimize()`` (``brute_force_*``: float vectors, what a fresh shard
   serves), then ``index_build_s`` times ``optimize()`` (int8 quantization of ``fused``) and the
-  queries are measured again: those are the main figures. ``wal_bytes``: the WAL after the load.
+  queries are measured again: those are the main figures. ``recall_at_10``: the share of the
+  exact top-10 (numpy) the store returns. ``wal_bytes``: the WAL after the load.
 - Local mode answers the same queries in-process, fewer of them (it takes ~1 s each at 44k).
 """
 
@@ -153,6 +154,17 @@ def measure_similar_http(settings: Settings, n: int, queries: int, seed: int = 3
             "filtered_similar_p95_ms": _percentiles(filtered)[1]}
 
 
+def measure_recall(store: ProductStore, points: list[ProductPoint], queries: int = 50, seed: int = 4) -> float:
+    """Mean share of the exact top-10 on ``fused`` (numpy over the loaded points) that the store
+    returns: what int8 quantization with rescoring costs in quality."""
+    vectors = _unit(np.random.default_rng(seed), queries, DIMS["fused"])
+    fused = np.stack([p.vectors["fused"] for p in points])
+    exact = np.argsort(-(vectors @ fused.T), axis=1)[:, :10]
+    found = [len({points[i].product_id for i in row} & {hit.product_id for hit in store.search("fused", v, 10)})
+             for v, row in zip(vectors, exact)]
+    return round(float(np.mean(found)) / 10, 3)
+
+
 def _load(store: ProductStore, points: list[ProductPoint]) -> float:
     started = time.perf_counter()
     for i in range(0, len(points), BATCH):
@@ -195,6 +207,7 @@ def run_store_bench(settings: Settings, n: int, quiet: bool = False, local_mode:
                 result["index_build_s"] = round(time.perf_counter() - started, 1)
                 measured = measure_queries(store, n, QUERIES, seed=2)
             result.update(measured)
+            result["recall_at_10"] = measure_recall(store, points)
         finally:
             store.close()
         say(f"      similar items through the query API over HTTP, {QUERIES} of each kind")
