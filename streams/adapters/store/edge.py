@@ -48,6 +48,9 @@ from streams.adapters.store.model import (
 
 ALIASES = "aliases.json"
 QUANTIZED_VECTOR = "fused"
+# int8 candidates, twice as many as asked for, re-ranked on the float vectors (ignored where a
+# segment has no quantized copy yet)
+RESCORED = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=2.0))
 FLUSH_EVERY_POINTS = 2048  # bounds the WAL (~20 KB a point before a flush) to ~40 MB
 
 
@@ -204,7 +207,7 @@ class EdgeEngine:
             raise TypeError(f"unknown query {query!r}")
         points = self._shard(collection).query(qe.QueryRequest(
             limit=limit, offset=offset, query=scoring, filter=_filter(conditions),
-            score_threshold=score_threshold, with_payload=True,
+            score_threshold=score_threshold, with_payload=True, params=RESCORED,
         ))
         return [(float(p.score), dict(p.payload or {})) for p in points]
 
