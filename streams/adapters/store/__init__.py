@@ -237,8 +237,9 @@ class ProductStore:
     # -- maintenance ---------------------------------------------------------------------------------
 
     def optimize(self) -> bool:
-        """Build the vector indexes of this version's collection now (Edge: HNSW by ``optimize()``,
-        which holds the GIL while it runs: call it where nothing waits, e.g. ``bench --store``)."""
+        """Build the vector indexes of this version's collection now (Edge: int8 copies of
+        ``fused``, ~3 s at 44k on 2 cores, holding the GIL all along: call it at a bounded moment,
+        as re-indexing does before it switches the alias; a server builds its own in the background)."""
         with self._lock:
             return self._engine.optimize(self.collection)
 
