@@ -15,7 +15,7 @@ persists the segments, so ``upsert`` flushes once every ``FLUSH_EVERY_POINTS`` p
 
 Speed: ``fused`` (what similar items and the default query read) gets int8 scalar quantization,
 built by ``optimize()``; no vector gets an HNSW graph. ``optimize()`` holds the GIL for its whole
-run (measured: a 10 ms ticker thread did not tick once), so it runs at a bounded moment, never on
+run (measured: a 10 ms ticker thread waited out the whole run), so it runs at a bounded moment, never on
 the stream's path: see ``ProductStore.optimize`` and README, Scale.
 """
 
