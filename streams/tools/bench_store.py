@@ -1,26 +1,32 @@
 """``shelfstream bench --store``: the product store alone, Qdrant Edge against qdrant-client's
 local mode, side by side in one run on the same machine.
 
-Points have the real schema (named vectors text 384, image 1280, fused 1664, the keywords sparse
-vector, the pipeline's payload keys) with random unit vectors: this measures the store, not the
-encoders. Queries are timed one at a time, as a query API issues them:
+Points have the real schema (named vectors text 384, image 1280, video 1280 (left empty), fused
+1664, the keywords sparse vector, the pipeline's payload keys) with random unit vectors: this
+measures the store, not the encoders. Queries are timed one at a time, as a query API issues them:
 
 - ``query``: top-10 on ``fused``; ``filtered_query``: with a category (any level), then with a
-  price range; ``similar``: what the worker's similar-item query does (the product's vector from
-  the alias, then top-10 with itself excluded), in-process, without the HTTP hop.
-- Edge is measured before any HNSW (brute force, what the worker serves from: see README), then
-  ``index_build_s`` times ``optimize()`` (HNSW on ``fused``) and ``hnsw_*`` re-measure.
-- Local mode answers the same queries, fewer of them (it takes ~1 s each at 44k).
+  price range; ``similar``: what the worker's similar-item query does, timed through the query
+  API over HTTP (``streams.worker.api`` served by uvicorn on a free port against the bench's
+  store), unfiltered and with a category filter.
+- Edge is measured before ``optimize()`` (``brute_force_*``: float vectors, what a fresh shard
+  serves), then ``index_build_s`` times ``optimize()`` (int8 quantization of ``fused``) and the
+  queries are measured again: those are the main figures. ``recall_at_10``: the share of the
+  exact top-10 (numpy) the store returns. ``wal_bytes``: the WAL after the load.
+- Local mode answers the same queries in-process, fewer of them (it takes ~1 s each at 44k).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +36,8 @@ import numpy as np
 from streams.adapters.store import ProductPoint, ProductStore, SearchFilters, category_prefixes
 from streams.settings import Settings
 
-DIMS = {"text": 384, "image": 1280, "fused": 1664}
+DIMS = {"text": 384, "image": 1280, "video": 1280, "fused": 1664}  # the encoders' schema
+WITHOUT = {"video"}  # bench products have no video, like most of the catalog
 BATCH = 256
 QUERIES = 200
 LOCAL_QUERIES = 10
@@ -46,7 +53,7 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 def make_points(n: int, seed: int = 0) -> list[ProductPoint]:
     rng = np.random.default_rng(seed)
-    vectors = {name: _unit(rng, n, dim) for name, dim in DIMS.items()}
+    vectors = {name: _unit(rng, n, dim) for name, dim in DIMS.items() if name not in WITHOUT}
     points = []
     for i in range(n):
         category = [MASTERS[i % len(MASTERS)], SUBS[i % len(SUBS)], f"Type{i % 141}"]
@@ -101,6 +108,63 @@ def measure_queries(store: ProductStore, n: int, queries: int, seed: int = 1) ->
     }
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def measure_similar_http(settings: Settings, n: int, queries: int, seed: int = 3) -> dict[str, float]:
+    """Similar items through the query API over HTTP (one keep-alive connection, as a client
+    would hold), unfiltered and with a category filter, against the store under ``settings``."""
+    import uvicorn
+
+    from streams.worker.api import QueryService, create_api
+
+    service = QueryService(settings)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_api(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"the query API did not start on port {port}")
+            time.sleep(0.05)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": "application/json", **({"X-API-Key": settings.api_key} if settings.api_key else {})}
+
+        def similar(body: dict[str, Any]) -> None:
+            connection.request("POST", "/v1/search/similar", json.dumps(body), headers)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status != 200 or not json.loads(answer)["hits"]:
+                raise RuntimeError(f"similar items answered {response.status}: {answer[:300]!r}")
+
+        ids = [str(i) for i in np.random.default_rng(seed).integers(0, n, queries)]
+        plain = _time([lambda p=p: similar({"product_id": p}) for p in ids])
+        filtered = _time([lambda p=p, i=i: similar({"product_id": p, "filter": {"category": SUBS[i % len(SUBS)]}})
+                          for i, p in enumerate(ids)])
+        connection.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        service.close()
+    return {"similar_p50_ms": _percentiles(plain)[0], "similar_p95_ms": _percentiles(plain)[1],
+            "filtered_similar_p95_ms": _percentiles(filtered)[1]}
+
+
+def measure_recall(store: ProductStore, points: list[ProductPoint], queries: int = 50, seed: int = 4) -> float:
+    """Mean share of the exact top-10 on ``fused`` (numpy over the loaded points) that the store
+    returns: what int8 quantization with rescoring costs in quality."""
+    vectors = _unit(np.random.default_rng(seed), queries, DIMS["fused"])
+    fused = np.stack([p.vectors["fused"] for p in points])
+    exact = np.argsort(-(vectors @ fused.T), axis=1)[:, :10]
+    found = [len({points[i].product_id for i in row} & {hit.product_id for hit in store.search("fused", v, 10)})
+             for v, row in zip(vectors, exact)]
+    return round(float(np.mean(found)) / 10, 3)
+
+
 def _load(store: ProductStore, points: list[ProductPoint]) -> float:
     started = time.perf_counter()
     for i in range(0, len(points), BATCH):
@@ -131,18 +195,26 @@ def run_store_bench(settings: Settings, n: int, quiet: bool = False, local_mode:
         try:
             result["store_upsert_points_per_s"] = round(_load(store, points))
             result["memory_bytes_per_point"] = round((_rss_bytes() - rss) / n)
-            say(f"      {QUERIES} queries of each kind, brute force (no HNSW yet)")
-            result.update(measure_queries(store, n, QUERIES))
-            say(f"      {json.dumps(result)}")
+            result["wal_bytes"] = _folder_bytes(root / "edge" / store.collection / "wal")
+            say(f"      {QUERIES} queries of each kind, float vectors, before optimize()")
+            measured = measure_queries(store, n, QUERIES)
             if optimize:
-                say("      optimize(): HNSW on fused")
+                result.update({f"brute_force_{k}": v for k, v in measured.items()})
+                say(f"      {json.dumps(result)}")
+                say("      optimize(): int8 quantization of fused")
                 started = time.perf_counter()
                 store.optimize()
                 result["index_build_s"] = round(time.perf_counter() - started, 1)
-                result.update({f"hnsw_{k}": v for k, v in measure_queries(store, n, QUERIES, seed=2).items()})
-                say(f"      {json.dumps(result)}")
+                measured = measure_queries(store, n, QUERIES, seed=2)
+            result.update(measured)
+            result["recall_at_10"] = measure_recall(store, points)
         finally:
             store.close()
+        say(f"      similar items through the query API over HTTP, {QUERIES} of each kind")
+        result["in_process_similar_p95_ms"] = result.pop("similar_p95_ms")
+        result.pop("similar_p50_ms")
+        result.update(measure_similar_http(edge_settings, n, QUERIES))
+        say(f"      {json.dumps(result)}")
         result["bytes_per_point"] = round(_folder_bytes(root / "edge") / n)
         if local_mode:
             say(f"[2/3] qdrant-client local mode: upsert {n} points, {LOCAL_QUERIES} queries of each kind")

@@ -120,7 +120,7 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--store", action="store_true", help="benchmark the product store alone: Qdrant Edge against qdrant-client local mode")
     bench.add_argument("--points", type=int, default=44_000, help="points of --store (default 44000)")
     bench.add_argument("--no-local-mode", action="store_true", help="--store without the slow local-mode baseline")
-    bench.add_argument("--no-optimize", action="store_true", help="--store without building HNSW (optimize() takes minutes at 44k)")
+    bench.add_argument("--no-optimize", action="store_true", help="--store without optimize() (int8 quantization of fused, seconds at 44k)")
 
     lazy = {
         "train": command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle"),

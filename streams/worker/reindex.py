@@ -50,6 +50,7 @@ def run_reindex(pipeline: Pipeline, job: ReindexJob, on_progress: Callable[[Rein
                 on_progress(job)
 
             job.counts = dict(reindex_collection(pipeline, job.source, progress))
+            store.optimize()  # the quantized copies exist before queries read the new version (seconds at 44k)
             store.switch_alias()
             job.message = f"alias {store.alias!r} now serves {store.collection!r} (was {job.source!r})"
         job.state = "done"
