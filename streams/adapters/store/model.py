@@ -111,8 +111,8 @@ def field_token_index(field: KeywordField, token: str) -> int:
 def keyword_document(payload: Mapping[str, Any]) -> SparseVector | None:
     """BM25-style term weights of each field, saturated per field (None: no words)."""
     weights: dict[int, float] = {}
-    for field, words in field_tokens(payload).items():
-        counts = Counter(field_token_index(field, word) for word in words)
+    for name, words in field_tokens(payload).items():
+        counts = Counter(field_token_index(name, word) for word in words)
         norm = BM25_K1 * (1 - BM25_B + BM25_B * len(words) / BM25_AVG_LEN)
         weights.update({i: n * (BM25_K1 + 1) / (n + norm) for i, n in counts.items()})
     if not weights:
