@@ -23,21 +23,29 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
 
 # A batch of 32 products x 4 distinct images of 6000x6000 (36 Mpixel, under the default 40 Mpixel
-# cap: one fast PNG, three JPEGs; ~250 MB of files) measured a peak RSS of 1,233 MB with the
-# default settings, of which 524 MB is the process once the models are loaded; the batch's file
-# bytes are held until it is written. Before the pixel budget and the chunks the same batch
-# extrapolated to ~25 GB. The bound leaves a margin for other Python/Pillow/onnxruntime builds.
-PEAK_RSS_BOUND_MB = 2_048
+# cap: one fast PNG, three JPEGs; ~250 MB of files) measured a peak RSS of 1,193-1,233 MB with the
+# default settings, of which ~530 MB is the process once the models and the store are loaded; the
+# batch's file bytes are held until it is written. Before the pixel budget and the chunks the same
+# batch extrapolated to ~25 GB. What is bounded is the batch's own growth: the peak while it is
+# indexed (the kernel's high-water mark, reset once the process is loaded) over the RSS before it,
+# so that a loading spike of another onnxruntime/Pillow build does not hide or fail the batch.
+BATCH_GROWTH_BOUND_MB = 1_536
 _INDEX_BATCH = """
 import json, resource, sys
 from streams.settings import Settings
 from streams.worker.pipeline import IncomingMessage, Pipeline
+def status_mb(field):
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1]) // 1024
 pipeline = Pipeline.from_settings(Settings.from_env())
-loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 messages = [IncomingMessage(line.strip().encode()) for line in open(sys.argv[1])]
+load_peak_mb = status_mb("VmHWM")
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+loaded_mb = status_mb("VmRSS")
 outcome = pipeline.process(messages)
 print(json.dumps({"counts": dict(outcome.counts), "dead_letters": [l.reason for l in outcome.dead_letters],
-                  "loaded_mb": loaded_mb, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+                  "load_peak_mb": load_peak_mb, "loaded_mb": loaded_mb, "peak_mb": status_mb("VmHWM")}))
 """
 
 
@@ -74,11 +82,11 @@ def test_a_batch_of_maximum_size_images_is_indexed_in_bounded_memory(settings, c
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    print(f"indexing 32 products x 4 images of 6000x6000: models loaded {result['loaded_mb']} MB, "
-          f"peak {result['peak_mb']} MB")
+    print(f"indexing 32 products x 4 images of 6000x6000: loaded {result['loaded_mb']} MB (loading peaked at "
+          f"{result['load_peak_mb']} MB), peak while indexing {result['peak_mb']} MB")
     assert result["dead_letters"] == []
     assert result["counts"]["indexed"] == 32 and result["counts"]["encoded_image"] == 128
-    assert result["peak_mb"] < PEAK_RSS_BOUND_MB
+    assert result["peak_mb"] - result["loaded_mb"] < BATCH_GROWTH_BOUND_MB
 
 
 def test_image_vectors_are_cached_under_the_decoders_version(settings, catalog):

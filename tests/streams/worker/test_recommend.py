@@ -28,7 +28,10 @@ SHELF = [("Handbags", "Black", 7), ("Handbags", "Brown", 3), ("Handbags", "White
 
 @pytest.fixture
 def shelf(settings: Settings) -> list[ProductEvent]:
-    """Real Myntra products of SHELF, images copied under the test's media root."""
+    """Real Myntra products of SHELF, images copied under the test's media root (the demo catalog
+    has too few black handbags; CI has ../shared, a bare clone skips)."""
+    if not (MYNTRA / "products.csv").is_file():
+        pytest.skip(f"Myntra dataset absent ({MYNTRA}): the shopper test browses its handbags")
     media_root = Path(settings.media_root)
     (media_root / "images").mkdir()
     wanted = {(t, c): n for t, c, n in SHELF}
