@@ -8,6 +8,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args, Settings.from_env()) or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`shelfstream similar ID | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except (RuntimeError, ValueError, LookupError, OSError) as exc:
         print(f"shelfstream {args.command}: error: {exc}", file=sys.stderr)
         return 1
