@@ -260,9 +260,8 @@ def create_app(settings: Settings) -> faust.App:
             position = MediaRetry.from_headers(event.message.headers)
             longest = settings.media_retry_backoff_s * 2 ** settings.media_retry_attempts
             await asyncio.sleep(min(longest, max(0.0, position.not_before - time.time())))
-            message = IncomingMessage(event.message.value, event.message.key, event.message.topic,
-                                      event.message.partition, event.message.offset)
-            outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, [message], True))
+            messages = _incoming([event])
+            outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages, True))
             await finish(outcome, attempt=position.attempt + 1)
             log.info("media retry %d of %r: %s", position.attempt, event.message.key, dict(outcome.counts))
 

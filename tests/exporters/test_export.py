@@ -11,12 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from encoders_onnx.session import (
-    ModelIntegrityError,
-    ModelNotExportedError,
-    OnnxModel,
-    file_sha256,
-)
+from encoders_onnx.session import ModelIntegrityError, ModelNotExportedError, OnnxModel, file_sha256
 from encoders_onnx.text import load_tokenizer, tokenize
 from exporters.encoders import TEXT_MAX_LENGTH, export_all
 from exporters.onnx_export import ExportMismatchError, check_onnx, export_onnx

@@ -10,19 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporters.catalog import (
-    CatalogMapping,
-    add_catalog_arguments,
-    load_catalog,
-    mapping_from_args,
-)
+from exporters.catalog import CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
 
 pytest.importorskip("torch")
 
 from encoders_onnx.fusion import FusionModel  # noqa: E402
 from encoders_onnx.session import l2_normalize  # noqa: E402
-from exporters.metrics import item_to_item, text_to_image  # noqa: E402
 from exporters.features import Features  # noqa: E402
+from exporters.metrics import item_to_item, text_to_image  # noqa: E402
 from exporters.train import TrainConfig, export_bundle, fit  # noqa: E402
 
 

@@ -22,14 +22,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import infra.services as services_module
-from infra.services import (
-    SERVICES,
-    ServiceError,
-    _proc_start,
-    service_status,
-    start_services,
-    stop_services,
-)
+from infra.services import SERVICES, ServiceError, _proc_start, service_status, start_services, stop_services
 from streams.settings import Settings
 
 KAFKA, REDIS = SERVICES

@@ -4,7 +4,6 @@ of real Myntra products from the demo catalog shipped in the repository."""
 from __future__ import annotations
 
 import csv
-import socket
 import uuid
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import redis
 from streams.schema.events import ProductEvent
 from streams.settings import Settings
 from streams.tools.publish import catalog_events, load_mapping
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "demo" / "catalog"
@@ -44,12 +44,6 @@ def settings(services: dict, model_dir: Path, tmp_path: Path) -> Settings:
         batch_window_s=0.2,
         web_port=free_port(),  # never another worker's API (tests of other checkouts run on this machine)
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

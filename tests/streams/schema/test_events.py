@@ -331,7 +331,9 @@ def test_derive_does_not_share_collections_with_the_original():
 
 # -- limits: every field bounded, the knob named -------------------------------------------------
 
-from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from streams.schema.events import MAX_VERSION, OVER_LIMIT, EventLimits  # noqa: E402
 

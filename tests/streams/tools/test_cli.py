@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from streams.settings import ENV_PREFIX, Settings
 from streams.tools.cli import build_parser, main, query_from_args
 from streams.tools.client import format_table
+from tests.conftest import free_port
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "serve", "publish", "similar", "search", "recommend", "export",
             "bench", "demo", "make-videos", "train", "eval", "reindex", "dead-letters", "backup", "restore",
@@ -34,13 +34,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     state = tmp_path / "state"
     monkeypatch.setenv("SHELFSTREAM_STATE_DIR", str(state))
     return state
-
-
-def free_port() -> int:
-    """A loopback port that nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- Settings.from_env ------------------------------------------------------------------------------

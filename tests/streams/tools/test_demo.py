@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from streams.settings import Settings
 from streams.tools.demo import run_demo
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 
 def test_the_demo_indexes_the_sample_catalog_answers_and_stops_its_services(model_dir: Path, tmp_path: Path, capsys):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     settings = Settings.from_env(env={}, state_dir=str(tmp_path), model_dir=str(model_dir), web_port=port)
     assert run_demo(settings) == 0
     out = capsys.readouterr().out

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 from pathlib import Path
 
 import httpx
@@ -19,14 +18,9 @@ from streams.settings import Settings
 from streams.tools.cli import main
 from streams.tools.publish import publish_events
 from streams.tools.runner import WorkerProcess, recorded_workers
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def processes_with(variable: str, value: str) -> list[int]:

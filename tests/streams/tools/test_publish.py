@@ -14,13 +14,7 @@ import pytest
 from exporters.catalog import EVENT_FIELD_OF
 from streams.schema.events import EVENT_FIELDS, EventError, parse_event
 from streams.settings import Settings
-from streams.tools.publish import (
-    PublishReport,
-    catalog_events,
-    load_mapping,
-    publish_file,
-    row_to_event_dict,
-)
+from streams.tools.publish import PublishReport, catalog_events, load_mapping, publish_file, row_to_event_dict
 
 REPO = Path(__file__).resolve().parents[3]
 MYNTRA_MAPPING = REPO / "demo" / "catalog" / "mapping.json"

@@ -18,13 +18,7 @@ from streams.settings import Settings
 from streams.tools.client import Client
 from streams.tools.publish import publish_events
 from streams.tools.runner import WorkerProcess
-from streams.worker.app import (
-    ATTEMPT_HEADER,
-    NOT_BEFORE_HEADER,
-    MediaRetry,
-    next_retry,
-    retry_record,
-)
+from streams.worker.app import ATTEMPT_HEADER, NOT_BEFORE_HEADER, MediaRetry, next_retry, retry_record
 from streams.worker.pipeline import Failure, IncomingMessage, Pipeline, RetryLater
 
 REPO = Path(__file__).resolve().parents[3]

@@ -5,7 +5,6 @@ more like it, like two cards and get recommendations, and keep a screenshot."""
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import uvicorn
 
 from streams.worker.api import QueryService, create_api
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +29,7 @@ WAIT_S = 60
 def page_url(query_service: QueryService) -> Iterator[str]:
     """The API app served over real HTTP in a thread, as a worker serves it."""
     query_service.api_key = ""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_api(query_service), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
