@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import faust
 
 from encoders_onnx.text import encoder_text
-from streams.schema.untrusted import json_object
+from streams.schema.untrusted import check_schema_version, json_object
 from streams.settings import Settings
 
 SCHEMA_VERSION = 1
@@ -135,9 +135,7 @@ def event_from_payload(payload: Mapping[str, Any]) -> ProductEvent:
 
 
 def event_from_dict(data: Mapping[str, Any], limits: EventLimits = DEFAULT_LIMITS) -> ProductEvent:
-    schema_version = data.get("schema_version", SCHEMA_VERSION)
-    if type(schema_version) is not int or schema_version != SCHEMA_VERSION:
-        raise EventError(f"unsupported schema_version {schema_version!r} (supported: {SCHEMA_VERSION})")
+    check_schema_version(data, SCHEMA_VERSION, EventError)
     op = data.get("op")
     if op not in OPS:
         raise EventError(f"unknown op {op!r} (expected one of {', '.join(OPS)})")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from streams.schema.untrusted import json_object
+from streams.schema.untrusted import check_schema_version, json_object
 
 SCHEMA_VERSION = 1
 KINDS = ("view", "click", "add_to_cart", "purchase", "dislike")
@@ -60,9 +60,7 @@ def interaction_from_dict(data: Mapping[str, Any]) -> Interaction:
     unknown = set(data) - set(FIELDS)
     if unknown:
         raise InteractionError(f"unknown fields {sorted(map(str, unknown))} (known: {', '.join(FIELDS)})")
-    schema_version = data.get("schema_version", SCHEMA_VERSION)
-    if type(schema_version) is not int or schema_version != SCHEMA_VERSION:
-        raise InteractionError(f"unsupported schema_version {schema_version!r} (supported: {SCHEMA_VERSION})")
+    check_schema_version(data, SCHEMA_VERSION, InteractionError)
     kind = data.get("kind")
     if kind not in KINDS:
         raise InteractionError(f"unknown kind {kind!r} (expected one of {', '.join(KINDS)})")

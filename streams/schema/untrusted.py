@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 
 def json_object(raw: bytes | str | None, error: type[ValueError], what: str) -> dict[str, Any]:
@@ -20,3 +20,10 @@ def json_object(raw: bytes | str | None, error: type[ValueError], what: str) -> 
     if not isinstance(data, dict):
         raise error(f"{what} must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def check_schema_version(data: Mapping[str, Any], supported: int, error: type[ValueError]) -> None:
+    """A record's ``schema_version`` (absent: the supported one) must be exactly that integer."""
+    version = data.get("schema_version", supported)
+    if type(version) is not int or version != supported:
+        raise error(f"unsupported schema_version {version!r} (supported: {supported})")
