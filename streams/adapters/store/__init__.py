@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -28,10 +28,10 @@ from streams.adapters.store.engine import Engine
 from streams.adapters.store.model import (
     KEYWORD_FIELDS,
     KEYWORDS,
-    KeywordField,
     POINT_NAMESPACE,
     Conditions,
     Hit,
+    KeywordField,
     Nearest,
     ProductPoint,
     Query,
@@ -50,10 +50,11 @@ from streams.adapters.store.model import (
 from streams.settings import Settings
 
 __all__ = [
-    "KEYWORD_FIELDS", "POINT_NAMESPACE", "Hit", "KeywordField", "ProductPoint", "ProductStore", "SearchFilters", "StoredPoint", "StoredState",
+    "EXCLUDED_BY_OVERFETCH", "KEYWORD_FIELDS", "POINT_NAMESPACE", "Hit", "KeywordField", "ProductPoint", "ProductStore", "SearchFilters", "StoredPoint", "StoredState",
     "category_prefixes", "open_engine", "point_id",
 ]
 MANIFEST = "manifest.json"
+EXCLUDED_BY_OVERFETCH = 16  # up to this many excluded products are dropped from a longer list (see _query)
 
 
 @dataclass(frozen=True)
@@ -206,11 +207,22 @@ class ProductStore:
 
     def _query(self, query: Query, limit: int, filters: SearchFilters | None, offset: int,
                score_threshold: float | None, exclude: Sequence[str] = ()) -> list[Hit]:
-        conditions: Conditions = (filters or SearchFilters()).conditions(exclude)
+        """A few excluded products (a similar-item query's own id) are dropped from a list that
+        much longer rather than filtered: an id filter turns the engine's search into a filtered
+        one (measured at 44k on Edge: 7.3 ms against 4.4 ms per query)."""
+        filters = filters or SearchFilters()
+        excluded = set(filters.exclude_product_ids) | set(exclude)
+        dropped = excluded if len(excluded) <= EXCLUDED_BY_OVERFETCH else set()
+        if dropped:
+            filters = replace(filters, exclude_product_ids=())
+        conditions: Conditions = filters.conditions(() if dropped else exclude)
+        fetch_limit, fetch_offset = (offset + limit + len(dropped), 0) if dropped else (limit, offset)
         target = self._resolve(self.alias)
         with self._lock:
-            rows = self._engine.query(target, query, limit, offset, conditions, score_threshold)
-        return [Hit(payload["product_id"], score, without_derived_fields(payload)) for score, payload in rows if payload]
+            rows = self._engine.query(target, query, fetch_limit, fetch_offset, conditions, score_threshold)
+        hits = [Hit(payload["product_id"], score, without_derived_fields(payload))
+                for score, payload in rows if payload and payload["product_id"] not in dropped]
+        return hits[offset:offset + limit] if dropped else hits
 
     # -- whole collections ----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from streams.adapters.store import (
+    EXCLUDED_BY_OVERFETCH,
     POINT_NAMESPACE,
     ProductPoint,
     ProductStore,
@@ -279,6 +280,18 @@ def test_recommend_never_returns_its_inputs(worded):
     assert "denim" not in ids(worded.recommend(["denim"], ["tee"]))
     assert ids(worded.recommend(["denim"], filters=SearchFilters(category="accessories"))) == ["watch"]
     assert ids(worded.recommend(["socks"], limit=1)) == ["watch"]
+
+
+def test_excluded_products_page_like_the_unexcluded_list(worded):
+    # a few exclusions are dropped from a longer list, many are an engine filter: same pages either way
+    everything = ids(worded.recommend(["denim"]))
+    for offset in range(len(everything)):
+        assert ids(worded.recommend(["denim"], limit=1, offset=offset)) == everything[offset:offset + 1]
+    many = tuple(f"absent-{i}" for i in range(EXCLUDED_BY_OVERFETCH + 1))
+    for excluded in (("tee",), ("tee", *many)):
+        filters = SearchFilters(exclude_product_ids=excluded)
+        assert ids(worded.recommend(["denim"], filters=filters)) == ["jacket", "watch", "socks"]
+        assert ids(worded.recommend(["denim"], filters=filters, limit=1, offset=1)) == ["watch"]
 
 
 def test_recommend_moves_away_from_negatives(worded):
