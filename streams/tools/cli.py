@@ -136,6 +136,8 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
                                        "(Edge shards, or the server's snapshot API)"),
                             ("restore", "replace the product store by the snapshots of the backup NAME and point the alias as it was")):
         command(name, cmd_backup, help_text).add_argument("name", help="a folder name (letters, digits, . _ -), not a path")
+    command("optimize", cmd_optimize, "build the store's vector indexes now (Edge: int8 copies of fused; writes and "
+                                      "queries wait for it): once a catalog has arrived through the stream")
     command("demo", cmd_demo, "the whole path on embedded services with the sample catalog")
     lazy["make-videos"] = command("make-videos", cmd_make_videos, "make test clips from product images (no real product videos exist here)")
     if running == "eval":
@@ -394,6 +396,14 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> None:
 
     done = backup_command(settings, args.name, restore=args.command == "restore")
     print(f"{args.command}: {', '.join(done)} ({settings.backup_path / args.name})")
+
+
+def cmd_optimize(args: argparse.Namespace, settings: Settings) -> None:
+    from streams.tools.client import optimize_command
+
+    done = optimize_command(settings)
+    print(f"optimize: {done['collection']}: indexes built in {done['seconds']} s" if done["optimized"] else
+          f"optimize: {done['collection']}: nothing to build (indexed already, too few new points, or a Qdrant server that indexes by itself)")
 
 
 def cmd_make_videos(args: argparse.Namespace, settings: Settings) -> None:

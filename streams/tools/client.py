@@ -164,6 +164,13 @@ def backup_command(settings: Settings, name: str, restore: bool = False) -> list
         return client.request("POST", "/v1/backup", json={"name": name, "restore": restore})["done"]
 
 
+def optimize_command(settings: Settings) -> dict[str, Any]:
+    """Build the store's vector indexes now, through the API: the running worker when one answers
+    (it holds the Edge shards), else the same API in this process."""
+    with connect(settings, timeout_s=3600) as client:
+        return client.request("POST", "/v1/optimize")
+
+
 def _show(bar: tqdm, total: int, done: int) -> None:
     bar.total = total or None
     bar.update(done - bar.n)

@@ -26,7 +26,7 @@ from streams.adapters.media import MediaLimits
 from streams.adapters.profiles import UserProfiles
 from streams.adapters.store import ProductStore
 from streams.settings import Settings
-from streams.worker.api import backup_store, create_api
+from streams.worker.api import Optimized, backup_store, create_api, optimize_store
 from streams.worker.interactions import apply_interactions
 from streams.worker.pipeline import (
     SERVICE_ERRORS,
@@ -365,6 +365,9 @@ class WorkerBackend:
 
     def backup(self, name: str, restore: bool) -> list[str]:
         return backup_store(self.worker.pipeline.store, self.worker.settings, name, restore)
+
+    def optimize(self) -> Optimized:
+        return optimize_store(self.worker.pipeline.store)
 
     def recommender(self) -> Recommender:
         return Recommender(self.worker.pipeline.store, self.worker.profiles, self.worker.profile_config)

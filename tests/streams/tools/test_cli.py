@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -20,7 +22,7 @@ from tests.conftest import free_port
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "serve", "publish", "similar", "search", "recommend", "export",
             "bench", "demo", "make-videos", "train", "eval", "reindex", "dead-letters", "backup", "restore",
-            "publish-interactions", "forget-user", "wait"]
+            "optimize", "publish-interactions", "forget-user", "wait"]
 
 
 @pytest.fixture(autouse=True)
@@ -321,9 +323,10 @@ def test_the_readme_documents_every_setting_with_its_default():
         assert f"| `{variable}` | `{default}` | {doc} |" in readme, variable
 
 
-def test_backup_and_restore_with_no_worker_round_trip(monkeypatch, capsys, tmp_path, model_dir):
-    """`shelfstream backup NAME` then `restore NAME` on the Edge store, opened by the CLI itself; the
-    snapshots land in SHELFSTREAM_BACKUP_DIR/NAME."""
+@pytest.fixture
+def cli_store(monkeypatch, tmp_path, model_dir) -> Callable[[], Any]:
+    """The settings a CLI command in this process reads (an Edge store under ``tmp_path``, no
+    worker answering), and an opener of that store holding products "a" and "b"."""
     import numpy as np
 
     from streams.adapters.store import ProductPoint, ProductStore
@@ -333,25 +336,60 @@ def test_backup_and_restore_with_no_worker_round_trip(monkeypatch, capsys, tmp_p
                         "PROVIDERS": "cpu", "STATE_DIR": tmp_path / "state", "BACKUP_DIR": tmp_path / "backups"}.items():
         monkeypatch.setenv(f"SHELFSTREAM_{name}", str(value))
     settings = Settings.from_env()
-    fusion = load_encoders(settings).fusion
+    encoders = load_encoders(settings)
+    fusion = encoders.fusion
 
-    def open_store() -> ProductStore:
-        return ProductStore(settings, fusion.dims, fusion.version)
+    def open_store() -> ProductStore:  # the collection the CLI's in-process API writes to
+        return ProductStore(settings, fusion.dims, encoders.store_version)
 
     store = open_store()
-    vectors = {name: np.full(dim, 1 / np.sqrt(dim), dtype=np.float32) for name, dim in fusion.dims.items()}
-    store.upsert([ProductPoint(pid, vectors, {"product_id": pid, "version": 1, "title": pid}) for pid in ("a", "b")])
+    unit = {name: np.full(dim, 1 / np.sqrt(dim), dtype=np.float32) for name, dim in fusion.dims.items()}
+    tilted = {name: np.eye(dim, dtype=np.float32)[0] for name, dim in fusion.dims.items()}
+    store.upsert([ProductPoint(pid, vectors, {"product_id": pid, "version": 1, "title": pid})
+                  for pid, vectors in (("a", unit), ("b", tilted))])
     store.close()
+    return open_store
+
+
+def test_backup_and_restore_with_no_worker_round_trip(capsys, tmp_path, cli_store):
+    """`shelfstream backup NAME` then `restore NAME` on the Edge store, opened by the CLI itself; the
+    snapshots land in SHELFSTREAM_BACKUP_DIR/NAME."""
     assert main(["backup", "nightly"]) == 0
+    store = cli_store()
     assert f"{store.collection}.snapshot" in capsys.readouterr().out
     assert any((tmp_path / "backups" / "nightly").iterdir())
-    store = open_store()
     store.delete(["a"])
     store.close()
     assert main(["restore", "nightly"]) == 0
-    store = open_store()
+    store = cli_store()
     try:
         assert store.count() == 2 and store.get("a").payload["title"] == "a"
         assert store.serving_collection() == store.collection
+    finally:
+        store.close()
+
+
+def test_optimize_with_no_worker_indexes_the_edge_store_and_keeps_its_answers(capsys, cli_store):
+    """3,000 points are enough for Edge to build the int8 copies of ``fused`` (a handful are not:
+    then the command says there was nothing to build)."""
+    import numpy as np
+
+    from streams.adapters.store import ProductPoint
+
+    rng = np.random.default_rng(0)
+    store = cli_store()
+    vectors = rng.standard_normal((3_000, store.dims["fused"])).astype(np.float32)
+    store.upsert([ProductPoint(str(i), {"fused": v}, {"product_id": str(i), "version": 1}) for i, v in enumerate(vectors)])
+    queries = rng.standard_normal((5, store.dims["fused"])).astype(np.float32)
+    before = [[h.product_id for h in store.search("fused", q)] for q in queries]
+    store.close()
+    assert main(["optimize"]) == 0
+    assert re.fullmatch(r"optimize: \S+: indexes built in [0-9.]+ s\n", capsys.readouterr().out)
+    assert main(["optimize"]) == 0
+    assert "nothing to build" in capsys.readouterr().out
+    store = cli_store()
+    try:
+        assert [[h.product_id for h in store.search("fused", q)] for q in queries] == before
+        assert store.count() == 3_002
     finally:
         store.close()

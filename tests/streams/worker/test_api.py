@@ -173,7 +173,8 @@ def test_an_api_key_guards_everything_but_health(query_service: QueryService):
         api = TestClient(create_api(query_service), raise_server_exceptions=False)
         assert api.get("/health").status_code == 200
         for method, path in [("GET", "/v1/stats"), ("POST", "/v1/stats/reset"), ("GET", "/v1/products/31237"),
-                             ("POST", "/v1/reindex"), ("GET", "/v1/reindex"), ("POST", "/v1/backup")]:
+                             ("POST", "/v1/reindex"), ("GET", "/v1/reindex"), ("POST", "/v1/backup"),
+                             ("POST", "/v1/optimize")]:
             assert api.request(method, path).status_code == 401, path
             assert api.request(method, path, headers={"X-API-Key": "wrong"}).status_code == 401, path
         body = {"text": "watch", "limit": 1}
@@ -190,7 +191,7 @@ def test_the_contract_is_published(api):
     document = api.get("/openapi.json").json()
     assert {"/v1/search/text", "/v1/search/image", "/v1/search/video", "/v1/search/similar", "/v1/recommend",
             "/v1/search/batch", "/v1/products/{product_id}", "/v1/reindex", "/v1/stats", "/v1/stats/reset",
-            "/v1/backup", "/health"} <= set(document["paths"])
+            "/v1/backup", "/v1/optimize", "/health"} <= set(document["paths"])
     assert set(document["components"]["schemas"]["Filter"]["properties"]) == {
         "category", "price_min", "price_max", "attributes", "modalities", "exclude_product_ids"}
     assert api.get("/docs").status_code == 200
