@@ -27,9 +27,11 @@ class ImageEncoder:
         self._resize_shorter: int = settings["resize_shorter"]
         self._interpolation = _INTERPOLATION[settings["interpolation"]]
         self._crop: int = settings["center_crop"]
-        self._scale: float = settings["scale"]
-        self._mean = np.array(settings["mean"], np.float32).reshape(3, 1, 1)
-        self._std = np.array(settings["std"], np.float32).reshape(3, 1, 1)
+        # ToTensor (x scale) then Normalize ((x - mean) / std) as one multiply-add per channel
+        mean = np.array(settings["mean"], np.float32).reshape(3, 1, 1)
+        std = np.array(settings["std"], np.float32).reshape(3, 1, 1)
+        self._gain = (np.float32(settings["scale"]) / std).astype(np.float32)
+        self._offset = (-mean / std).astype(np.float32)
         self.dim: int = self.model.output_dim("features")
         # A user's own image model (``shelfstream export --modality image``) may have no classifier.
         self.num_classes: int | None = self.model.output_dim("logits") if "logits" in self.model.output_names else None
@@ -39,20 +41,28 @@ class ImageEncoder:
         return self.model.version
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """torchvision Resize(256) + CenterCrop(224) + ToTensor + Normalize -> (3, 224, 224) float32."""
+        """torchvision Resize(256) + CenterCrop(224) + ToTensor + Normalize -> (3, 224, 224) float32.
+
+        Only the region the crop keeps is resized (PIL's ``box``: the same source coordinates and
+        filter as resizing the whole image then cropping), and ToTensor + Normalize are one
+        multiply-add on the channel-first bytes: ~2.5 ms -> ~0.8 ms an image, which at int8 was a
+        third of an image's cost."""
         image = image.convert("RGB")
         width, height = image.size
         short, long = sorted((width, height))
+        size = (width, height)
         if short != self._resize_shorter:  # torchvision leaves an image already at size untouched
             new_long = int(self._resize_shorter * long / short)
             size = (self._resize_shorter, new_long) if width <= height else (new_long, self._resize_shorter)
-            image = image.resize(size, self._interpolation)
-            width, height = image.size
-        top = int(round((height - self._crop) / 2.0))
-        left = int(round((width - self._crop) / 2.0))
-        image = image.crop((left, top, left + self._crop, top + self._crop))
-        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) * self._scale
-        return (pixels - self._mean) / self._std
+        top = int(round((size[1] - self._crop) / 2.0))
+        left = int(round((size[0] - self._crop) / 2.0))
+        if size == (width, height):
+            image = image.crop((left, top, left + self._crop, top + self._crop))
+        else:
+            x_scale, y_scale = width / size[0], height / size[1]
+            box = (left * x_scale, top * y_scale, (left + self._crop) * x_scale, (top + self._crop) * y_scale)
+            image = image.resize((self._crop, self._crop), self._interpolation, box=box)
+        return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)) * self._gain + self._offset
 
     def _forward(self, images: Sequence[Image.Image], batch_size: int, output: str) -> np.ndarray:
         """One output of the graph for all ``images``, preprocessed and run ``batch_size`` at a time."""

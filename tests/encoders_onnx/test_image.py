@@ -44,6 +44,21 @@ def test_preprocess_center_crops_without_resizing_at_256(encoder: ImageEncoder) 
     np.testing.assert_allclose(pixels, ((crop - MEAN) / STD).transpose(2, 0, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(60, 80), (80, 60), (500, 90), (1000, 700), (225, 224)])
+def test_preprocess_resizing_only_the_crop_matches_resizing_the_whole_image(encoder: ImageEncoder, size) -> None:
+    """The reference is torchvision's order (resize the whole image, then crop); resizing only the
+    kept region may round a pixel the other way, never more than one step of 1/255."""
+    image = _noise_images(1, size)[0]
+    width, height = size
+    short, long = sorted(size)
+    new_long = int(256 * long / short)
+    resized = image.resize((256, new_long) if width <= height else (new_long, 256), Image.Resampling.BILINEAR)
+    top, left = round((resized.height - 224) / 2), round((resized.width - 224) / 2)
+    crop = np.asarray(resized, np.float32)[top : top + 224, left : left + 224] / 255
+    step = 1 / 255 / STD.min()
+    np.testing.assert_allclose(encoder.preprocess(image), ((crop - MEAN) / STD).transpose(2, 0, 1), atol=step + 1e-5)
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
 def test_preprocess_converts_any_mode_to_rgb(encoder: ImageEncoder, mode: str) -> None:
     assert encoder.preprocess(Image.new(mode, (500, 90))).shape == (3, 224, 224)
