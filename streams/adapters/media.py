@@ -49,10 +49,13 @@ T = TypeVar("T")
 class MediaLimits:
     """Where local media may live, whether private networks are reachable, and the caps."""
 
-    media_root: Path
+    media_root: Path  # resolved once here (symlinks followed): every local read is checked against it
     allow_private_networks: bool
     timeout_s: float
     max_bytes: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "media_root", Path(os.path.realpath(Path(self.media_root).expanduser())))
 
     @classmethod
     def for_images(cls, settings: Any) -> "MediaLimits":
@@ -65,7 +68,7 @@ class MediaLimits:
     @classmethod
     def _from(cls, settings: Any, max_bytes: int) -> "MediaLimits":
         return cls(
-            media_root=Path(settings.media_root).expanduser().resolve(),
+            media_root=Path(settings.media_root),
             allow_private_networks=bool(settings.allow_private_networks),
             timeout_s=float(settings.fetch_timeout_s),
             max_bytes=int(max_bytes),
@@ -165,7 +168,7 @@ def _host_key(uri: str) -> str | None:
 
 def _read_local(path: str, limits: MediaLimits) -> bytes:
     """Read a regular file inside media_root, refusing escapes before revealing existence."""
-    root = os.path.realpath(limits.media_root)
+    root = str(limits.media_root)
     try:
         resolved = os.path.realpath(os.path.join(root, path))
     except ValueError as exc:  # e.g. an embedded NUL

@@ -28,7 +28,9 @@ from streams.adapters.store.engine import Engine
 from streams.adapters.store.model import (
     KEYWORD_FIELDS,
     KEYWORDS,
+    PAYLOAD_DIGEST,
     POINT_NAMESPACE,
+    VOLATILE_FIELDS,
     Conditions,
     Hit,
     KeywordField,
@@ -125,11 +127,20 @@ class ProductStore:
             self._engine.upsert(self.collection, engine_points)
 
     def overwrite_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None:
-        """Replace the payload of points whose vectors stay as they are (e.g. a price change)."""
-        if payloads:
-            with self._lock:
-                self._engine.overwrite_payloads(
-                    self.collection, {point_id(pid): with_derived_fields(payload) for pid, payload in payloads.items()})
+        """Replace the payload of points whose vectors stay as they are (e.g. a price change).
+        Where the stored digest shows that only ``VOLATILE_FIELDS`` changed, only those are sent:
+        an engine takes a whole payload slowly (Edge: ~0.17 ms, most of a price update's cost)."""
+        if not payloads:
+            return
+        stored = {pid: with_derived_fields(payload) for pid, payload in payloads.items()}
+        with self._lock:
+            records = self._engine.retrieve(self.collection, [point_id(pid) for pid in stored], ["product_id", PAYLOAD_DIGEST], ())
+            steady = {r.product_id for r in records
+                      if r.product_id in stored and r.payload.get(PAYLOAD_DIGEST) == stored[r.product_id][PAYLOAD_DIGEST]}
+            self._engine.set_payloads(self.collection, {
+                point_id(pid): {k: stored[pid][k] for k in VOLATILE_FIELDS if k in stored[pid]} for pid in steady})
+            self._engine.overwrite_payloads(
+                self.collection, {point_id(pid): payload for pid, payload in stored.items() if pid not in steady})
 
     def delete(self, product_ids: Sequence[str]) -> None:
         if product_ids:

@@ -110,11 +110,18 @@ class ClientEngine:
         ], wait=True)
 
     def overwrite_payloads(self, collection: str, payloads: Mapping[str, dict[str, Any]]) -> None:
-        operations = [
-            models.OverwritePayloadOperation(overwrite_payload=models.SetPayload(payload=payload, points=[pid]))
-            for pid, payload in payloads.items()
-        ]
-        self.client.batch_update_points(collection, operations, wait=True)
+        if payloads:
+            self.client.batch_update_points(collection, [
+                models.OverwritePayloadOperation(overwrite_payload=models.SetPayload(payload=payload, points=[pid]))
+                for pid, payload in payloads.items()
+            ], wait=True)
+
+    def set_payloads(self, collection: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+        if payloads:
+            self.client.batch_update_points(collection, [
+                models.SetPayloadOperation(set_payload=models.SetPayload(payload=payload, points=[pid]))
+                for pid, payload in payloads.items()
+            ], wait=True)
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         self.client.delete(collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)

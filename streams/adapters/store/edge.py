@@ -184,6 +184,11 @@ class EdgeEngine:
         for pid, payload in payloads.items():
             shard.update(qe.UpdateOperation.overwrite_payload([pid], payload))
 
+    def set_payloads(self, collection: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+        shard = self._shard(collection)
+        for pid, payload in payloads.items():
+            shard.update(qe.UpdateOperation.set_payload([pid], payload))
+
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         self._shard(collection).update(qe.UpdateOperation.delete_points(list(ids)))
 

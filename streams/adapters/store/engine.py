@@ -34,6 +34,9 @@ class Engine(Protocol):
 
     def overwrite_payloads(self, collection: str, payloads: Mapping[str, dict[str, Any]]) -> None: ...
 
+    def set_payloads(self, collection: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+        """Merge these keys into each point's payload (the other keys stay)."""
+
     def delete(self, collection: str, ids: Sequence[str]) -> None: ...
 
     def retrieve(self, collection: str, ids: Sequence[str], payload: bool | Sequence[str],

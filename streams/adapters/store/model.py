@@ -11,10 +11,15 @@ point, so that filters are exact keyword matches an index answers (both are stri
   case-insensitive, is one match.
 - ``attribute_terms``: ``key=value`` lower-cased for every attribute: one keyword index serves
   every attribute key, including keys nobody has filtered on yet.
+
+A third, ``payload_digest``, is a digest of everything but the fields a price change touches
+(``VOLATILE_FIELDS``): a payload rewrite whose digest matches the stored one sends only those.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
 import zlib
@@ -27,7 +32,9 @@ import numpy as np
 # Point ids are UUIDv5 of the product id: stable across workers, replays and machines.
 POINT_NAMESPACE = uuid.UUID("6f1d3c52-8a59-4c4e-9a8e-3b0c2f7d9e41")
 KEYWORDS = "keywords"  # the sparse named vector of keyword search
-DERIVED_FIELDS = ("category_keys", "attribute_terms")
+PAYLOAD_DIGEST = "payload_digest"
+DERIVED_FIELDS = ("category_keys", "attribute_terms", PAYLOAD_DIGEST)
+VOLATILE_FIELDS = ("version", "price", "event_time", "indexed_at")  # what a price-only update changes
 # Payload indexes created on both engines: keyword fields, then float fields.
 KEYWORD_INDEXES = ("category_path", "category_keys", "attribute_terms", "product_id", "modalities")
 FLOAT_INDEXES = ("price",)
@@ -65,13 +72,17 @@ def attribute_term(key: str, value: str) -> str:
 
 
 def with_derived_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The payload as stored: the product's fields plus the two derived filter fields."""
+    """The payload as stored: the product's fields plus the derived fields."""
     attributes = payload.get("attributes") or {}
-    return {
+    stored = {
         **payload,
         "category_keys": category_keys(payload.get("category") or []),
         "attribute_terms": sorted(attribute_term(k, str(v)) for k, v in attributes.items()),
     }
+    steady = {k: v for k, v in stored.items() if k not in VOLATILE_FIELDS}
+    present = sorted(k for k in VOLATILE_FIELDS if k in stored)  # a volatile field dropped is a change too
+    digest = hashlib.blake2b(json.dumps([steady, present], sort_keys=True, default=str).encode(), digest_size=12)
+    return {**stored, PAYLOAD_DIGEST: digest.hexdigest()}
 
 
 def without_derived_fields(payload: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -364,6 +364,27 @@ def test_overwrite_payloads_replaces_payload_and_keeps_vectors(store):
     store.overwrite_payloads({})  # nothing to do is fine
 
 
+def test_a_price_change_rewrites_only_what_changed_and_filters_see_all_of_it(store):
+    """Payload rewrites whose steady part is unchanged send only the volatile fields (the stored
+    digest tells); any other change, or a volatile field dropped, rewrites the whole payload."""
+    stored = point("a", {"fused": [1, 0]}, price=100.0, title="Shoe", category=["Footwear", "Shoes"], attributes={"colour": "Red"})
+    shoe = stored.payload
+    store.upsert([stored, point("b", {"fused": [0, 1]}, version=1, price=5.0)])
+
+    def found(**filters: Any) -> list[str]:
+        return ids(store.search("fused", QUERY, 10, SearchFilters(**filters)))
+
+    store.overwrite_payloads({"a": {**shoe, "version": 2, "price": 80.0}})  # price only
+    assert store.get("a").payload == {**shoe, "version": 2, "price": 80.0}
+    assert found(price_min=50, price_max=90) == ["a"] and found(category="shoes", attributes={"colour": ("red",)}) == ["a"]
+    store.overwrite_payloads({"a": {**shoe, "version": 3, "price": 70.0, "category": ["Footwear", "Sandals"]}})
+    assert found(category="shoes") == [] and found(category="sandals", price_max=75) == ["a"]
+    without_price = {k: v for k, v in shoe.items() if k != "price"} | {"version": 4}
+    store.overwrite_payloads({"a": without_price})
+    assert store.get("a").payload == without_price and found(price_min=0) == ["b"]
+    assert store.get("b").payload["price"] == 5.0  # others untouched
+
+
 def test_points_missing_a_named_vector_are_found_by_the_vectors_they_have(store):
     store.upsert([
         point("text-only", {"text": [1, 0, 0], "fused": [1, 0]}),
