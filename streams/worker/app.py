@@ -1,11 +1,10 @@
 """The Faust app: the events topic, the dead-letter topic, the indexing agent, and the query API
 (``api.py``) served by uvicorn on the same event loop.
 
-The agent takes events in batches (``batching.take_batches``: the next batch fills while one is
-processed), so that each encoder runs once per batch, and runs the batch in a thread so the event
-loop keeps heart-beating and answering queries. A batch's events are acked when the loop comes
-back for the next one, that is only after the batch reached Qdrant: the committed offset never
-passes an event that was not written.
+The agent takes events in batches (``take_events``), so that each encoder runs once per batch,
+and runs the batch in a thread so the event loop keeps heart-beating and answering queries.
+Faust acks a batch's events when the loop comes back for the next one, that is only after the
+batch reached Qdrant: the committed offset never passes an event that was not written.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from streams.adapters.profiles import UserProfiles
 from streams.adapters.store import ProductStore
 from streams.settings import Settings
 from streams.worker.api import Optimized, backup_store, create_api, optimize_store
-from streams.worker.batching import take_batches
 from streams.worker.interactions import apply_interactions
 from streams.worker.pipeline import (
     SERVICE_ERRORS,
@@ -240,7 +238,7 @@ def create_app(settings: Settings) -> faust.App:
     async def index_products(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: worker.pipeline)  # load models before the first batch
-        async for batch in take_batches(stream, settings.batch_size, settings.batch_window_s):
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
             messages = _incoming(batch)
             outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages), worker.metrics.record_retry)
             await finish(outcome, attempt=1)
@@ -249,7 +247,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(interactions)
     async def update_profiles(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
-        async for batch in take_batches(stream, settings.batch_size, settings.batch_window_s):
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
             outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.apply_interactions, _incoming(batch)))
             await finish(outcome, attempt=1)
 
