@@ -142,6 +142,7 @@ class WorkerState:
         self.metrics = WorkerMetrics()
         self.metrics.watch_lag(lambda: consumer_lag(settings, settings.app_id, settings.events_topic, timeout_s=5.0))
         self.started_at = time.time()
+        self.last_batch_at = time.monotonic()
         self._pipeline: Pipeline | None = None
         self._loading = threading.Lock()
         # a batch's points and its counts become visible together: /stats never shows one without the other
@@ -178,10 +179,24 @@ class WorkerState:
         with self._batch:
             outcome = self.pipeline.process(messages, retry)
             self.stats.add(outcome)
+        self.last_batch_at = time.monotonic()
         self.metrics.record_batch(len(messages), outcome.counts, time.perf_counter() - started)
         self.metrics.record_dead_letters(letter.failure.code for letter in outcome.dead_letters)
         self.metrics.record_freshness(outcome.freshness_ms)
         return outcome
+
+    def flush_if_idle(self) -> int:
+        """Persist the store's new points if no batch ran for ``idle_flush_s``: a flush stalls the
+        process (the GIL) for a while, which a quiet stream does not notice and a busy one would
+        (a freshness spike). Under a load that never pauses, the store flushes by its own bound."""
+        pipeline = self._pipeline
+        if pipeline is None or time.monotonic() - self.last_batch_at < self.settings.idle_flush_s:
+            return 0
+        with self._batch:  # not while a batch runs
+            flushed = pipeline.store.flush()
+        if flushed:
+            log.info("store flushed: %d new points persisted (stream idle)", flushed)
+        return flushed
 
     def status(self, stats: Stats | None = None) -> dict[str, Any]:
         store: ProductStore = self.pipeline.store
@@ -264,6 +279,10 @@ def create_app(settings: Settings) -> faust.App:
             outcome = await _with_retry(lambda: loop.run_in_executor(None, worker.process, messages, True))
             await finish(outcome, attempt=position.attempt + 1)
             log.info("media retry %d of %r: %s", position.attempt, event.message.key, dict(outcome.counts))
+
+    @app.timer(interval=settings.idle_flush_s)
+    async def flush_when_idle() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, worker.flush_if_idle)
 
     @app.timer(interval=settings.topic_check_s)
     async def recreate_lost_topics() -> None:

@@ -193,5 +193,8 @@ class ClientEngine:
     def optimize(self, collection: str) -> bool:
         return False  # a server builds its indexes in the background
 
+    def flush(self, collection: str) -> int:
+        return 0  # a server persists by itself
+
     def close(self) -> None:
         self.client.close()

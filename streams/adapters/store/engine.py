@@ -59,4 +59,8 @@ class Engine(Protocol):
     def optimize(self, collection: str) -> bool:
         """Build vector indexes now, blocking; False where the engine builds them itself."""
 
+    def flush(self, collection: str) -> int:
+        """Persist the segments now so the WAL can be dropped, blocking; the points written since
+        the last flush (0: nothing to do, or an engine that persists by itself)."""
+
     def close(self) -> None: ...

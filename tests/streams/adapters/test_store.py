@@ -554,3 +554,19 @@ def test_optimize_loses_no_point_and_keeps_the_ranking(tmp_path, engine):
             assert ids(store.search("fused", query, 10)) == [str(i) for i in exact]
     finally:
         store.close()
+
+
+def test_flush_persists_what_was_written_since_the_last_one(tmp_path, engine):
+    store = ProductStore(store_settings(tmp_path, engine), {"fused": 2})
+    try:
+        store.upsert([point(str(i), {"fused": [1, i]}) for i in range(3)])
+        flushed = store.flush()
+        assert flushed == (3 if engine == "edge" else 0)  # a server persists by itself
+        assert store.flush() == 0
+    finally:
+        store.close()
+    reopened = ProductStore(store_settings(tmp_path, engine), {"fused": 2})
+    try:
+        assert reopened.count() == 3
+    finally:
+        reopened.close()

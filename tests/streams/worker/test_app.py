@@ -75,3 +75,16 @@ def test_status_never_shows_a_batchs_points_without_its_counts(settings, catalog
         assert status["points"] == 5 and status["counts"]["indexed"] == 5
     finally:
         worker.pipeline.close()
+
+
+def test_the_store_is_flushed_once_the_stream_is_idle_and_not_before(settings, catalog):
+    worker = WorkerState(dataclasses.replace(settings, idle_flush_s=3600.0))
+    try:
+        worker.process(messages(*catalog[:5]))
+        assert worker.flush_if_idle() == 0  # a batch ran just now: the stream is busy
+        worker.settings = dataclasses.replace(worker.settings, idle_flush_s=0.0)
+        assert worker.flush_if_idle() == 5  # idle: the 5 new points are persisted
+        assert worker.flush_if_idle() == 0  # nothing new since
+        assert worker.pipeline.store.count() == 5
+    finally:
+        worker.pipeline.close()
