@@ -220,7 +220,7 @@ class ProductStore:
                score_threshold: float | None, exclude: Sequence[str] = ()) -> list[Hit]:
         """A few excluded products (a similar-item query's own id) are dropped from a list that
         much longer rather than filtered: an id filter turns the engine's search into a filtered
-        one (measured at 44k on Edge: 7.3 ms against 4.4 ms per query)."""
+        one (measured at 44k on Edge: a similar-item query 7.3 -> 6.4 ms p50)."""
         filters = filters or SearchFilters()
         excluded = set(filters.exclude_product_ids) | set(exclude)
         dropped = excluded if len(excluded) <= EXCLUDED_BY_OVERFETCH else set()
