@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.request import Request, urlopen
 
 import numpy as np
@@ -110,18 +110,17 @@ class ClientEngine:
         ], wait=True)
 
     def overwrite_payloads(self, collection: str, payloads: Mapping[str, dict[str, Any]]) -> None:
-        if payloads:
-            self.client.batch_update_points(collection, [
-                models.OverwritePayloadOperation(overwrite_payload=models.SetPayload(payload=payload, points=[pid]))
-                for pid, payload in payloads.items()
-            ], wait=True)
+        self._payload_updates(collection, payloads, lambda change: models.OverwritePayloadOperation(overwrite_payload=change))
 
     def set_payloads(self, collection: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+        self._payload_updates(collection, payloads, lambda change: models.SetPayloadOperation(set_payload=change))
+
+    def _payload_updates(self, collection: str, payloads: Mapping[str, dict[str, Any]],
+                         operation: Callable[[models.SetPayload], Any]) -> None:
+        """One request for the whole batch, one operation per point (each has its own payload)."""
         if payloads:
             self.client.batch_update_points(collection, [
-                models.SetPayloadOperation(set_payload=models.SetPayload(payload=payload, points=[pid]))
-                for pid, payload in payloads.items()
-            ], wait=True)
+                operation(models.SetPayload(payload=payload, points=[pid])) for pid, payload in payloads.items()], wait=True)
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         self.client.delete(collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
