@@ -2,9 +2,9 @@
 ``demo/catalog``: start services, publish, wait until every product is in Qdrant, query, update a
 price (re-encoding nothing), stop what it started.
 
-The demo runs the int8 encoders unless ``SHELFSTREAM_PRECISION`` says otherwise: they encode
-1.8-1.9x the products a second of fp32 with every measured quality figure within 0.02 (README,
-int8 encoders)."""
+The demo runs the int8 encoders unless ``SHELFSTREAM_PRECISION`` says otherwise: with the default
+fusion it serves they encode 1.7-1.8x the products a second of fp32, item-to-item quality within
+0.02 (text-to-image through a learned bundle loses more: README, int8 encoders)."""
 
 from __future__ import annotations
 
