@@ -17,6 +17,12 @@ from infra.services import read_service_state
 ENV_PREFIX = "SHELFSTREAM_"
 
 
+def is_set(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``SHELFSTREAM_<NAME>`` is given (a command with its own default for a knob, like the
+    demo's int8, yields to a value the user chose)."""
+    return ENV_PREFIX + name.upper() in (os.environ if env is None else env)
+
+
 def _knob(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 

@@ -9,7 +9,6 @@ fusion it serves they encode 1.7-1.8x the products a second of fp32, item-to-ite
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 import uuid
@@ -18,7 +17,7 @@ from pathlib import Path
 from encoders_onnx.image import IMAGE_MODEL
 from encoders_onnx.session import FP32, INT8, exported_manifest, model_name
 from encoders_onnx.text import TEXT_MODEL
-from streams.settings import ENV_PREFIX, Settings
+from streams.settings import Settings, is_set
 from streams.tools.client import Client, format_table
 from streams.tools.publish import catalog_events, load_mapping, publish_events
 from streams.tools.runner import WorkerProcess, encoded_count
@@ -50,7 +49,7 @@ def run_demo(settings: Settings, catalog: Path = CATALOG) -> int:
 
     state_dir = settings.state_path / "demo"
     shutil.rmtree(state_dir / "qdrant", ignore_errors=True)
-    precision = os.environ.get(f"{ENV_PREFIX}PRECISION", DEMO_PRECISION)
+    precision = settings.precision if is_set("precision") else DEMO_PRECISION
     ensure_exported(Path(settings.model_dir), precision)
     print(f"starting embedded services in {state_dir}; encoders at {precision}")
     services = start_services(state_dir)

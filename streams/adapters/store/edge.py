@@ -183,14 +183,16 @@ class EdgeEngine:
             self._unflushed[collection] = 0
 
     def overwrite_payloads(self, collection: str, payloads: Mapping[str, dict[str, Any]]) -> None:
-        shard = self._shard(collection)
-        for pid, payload in payloads.items():
-            shard.update(qe.UpdateOperation.overwrite_payload([pid], payload))
+        self._payload_updates(collection, payloads, qe.UpdateOperation.overwrite_payload)
 
     def set_payloads(self, collection: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+        self._payload_updates(collection, payloads, qe.UpdateOperation.set_payload)
+
+    def _payload_updates(self, collection: str, payloads: Mapping[str, dict[str, Any]], operation: Any) -> None:
+        """One update per point: each has its own payload (Edge has no batch of payload updates)."""
         shard = self._shard(collection)
         for pid, payload in payloads.items():
-            shard.update(qe.UpdateOperation.set_payload([pid], payload))
+            shard.update(operation([pid], payload))
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         self._shard(collection).update(qe.UpdateOperation.delete_points(list(ids)))

@@ -3,8 +3,8 @@
 Nothing here imports an engine. The engines (``edge.py``, ``client.py``) translate these types
 into their own; everything above the store sees only these.
 
-Two payload fields are derived by the store from the product's own fields and written with every
-point, so that filters are exact keyword matches an index answers (both are stripped on read):
+Three payload fields are derived by the store from the product's own fields and written with
+every point (all are stripped on read); two make filters exact keyword matches an index answers:
 
 - ``category_keys``: every level and every path prefix of the category, lower-cased
   (``apparel``, ``topwear``, ``apparel > topwear``): a category filter on any level or prefix,

@@ -393,3 +393,10 @@ def test_optimize_with_no_worker_indexes_the_edge_store_and_keeps_its_answers(ca
         assert store.count() == 3_002
     finally:
         store.close()
+
+
+def test_is_set_tells_a_chosen_value_from_a_default():
+    from streams.settings import is_set
+
+    assert is_set("precision", {"SHELFSTREAM_PRECISION": "fp32"})
+    assert not is_set("precision", {"SHELFSTREAM_BATCH_SIZE": "8"})
