@@ -13,11 +13,9 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
-
-import faust
 
 from encoders_onnx.text import encoder_text
 from streams.schema.untrusted import check_schema_version, json_object
@@ -73,8 +71,11 @@ DEFAULT_LIMITS = EventLimits.from_settings(Settings())
 MAX_ID_LENGTH = DEFAULT_LIMITS.max_id_chars
 
 
-class ProductEvent(faust.Record, serializer="json"):
-    """One change to one product. ``version`` grows per product; the highest version wins."""
+@dataclass(slots=True)
+class ProductEvent:
+    """One change to one product. ``version`` grows per product; the highest version wins.
+    A plain dataclass: the worker parses raw bytes itself (``parse_event``), so a Faust record's
+    per-field descriptors would only slow every event down."""
 
     op: str
     product_id: str
@@ -82,28 +83,28 @@ class ProductEvent(faust.Record, serializer="json"):
     schema_version: int = SCHEMA_VERSION
     title: str = ""
     description: str = ""
-    attributes: dict[str, str] = {}
-    category: list[str] = []
+    attributes: dict[str, str] = field(default_factory=dict)
+    category: list[str] = field(default_factory=list)
     price: float | None = None
     currency: str = ""
-    image_uris: list[str] = []
+    image_uris: list[str] = field(default_factory=list)
     video_uri: str | None = None
     event_time: float = 0.0
-
-    def __post_init__(self) -> None:
-        # faust.Record shares class-level mutable defaults between instances: copy them.
-        self.attributes = dict(self.attributes)
-        self.category = list(self.category)
-        self.image_uris = list(self.image_uris)
 
     @property
     def text(self) -> str:
         """What the text encoder reads: title, then description (attributes stay in the payload)."""
         return encoder_text(self.title, self.description)
 
+    def asdict(self) -> dict[str, Any]:
+        """The fields by name (lists and dicts shared, not copied)."""
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
+
     def derive(self, **changes: Any) -> "ProductEvent":
-        """A copy with some fields changed (a newer version, a new price, ...)."""
-        return ProductEvent(**{**self.asdict(), **changes})
+        """A copy with some fields changed (a newer version, a new price, ...); its collections
+        are its own, so changing the copy never changes the original."""
+        own = {"attributes": dict(self.attributes), "category": list(self.category), "image_uris": list(self.image_uris)}
+        return dataclasses.replace(self, **{**own, **changes})
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.asdict(), separators=(",", ":"), ensure_ascii=False).encode()
@@ -113,8 +114,9 @@ class ProductEvent(faust.Record, serializer="json"):
         return {name: getattr(self, name) for name in STORED_FIELDS}
 
 
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ProductEvent))
 # What a publisher maps from a catalog row, in declaration order (schema_version is implied).
-EVENT_FIELDS: tuple[str, ...] = tuple(name for name in ProductEvent._options.fields if name != "schema_version")
+EVENT_FIELDS: tuple[str, ...] = tuple(name for name in _FIELD_NAMES if name != "schema_version")
 # What a stored point's payload keeps of its event: everything but the operation.
 STORED_FIELDS: tuple[str, ...] = tuple(name for name in EVENT_FIELDS if name != "op")
 

@@ -37,15 +37,9 @@ from streams.adapters.cache import FeatureCache
 from streams.adapters.media import MediaLimits, fetch_bytes
 from streams.schema.events import ProductEvent
 from streams.settings import Settings
-from streams.tools.interactions import bench_profiles
 from streams.tools.bench_naive import naive_items_per_s
-from streams.tools.publish import (
-    EventPublisher,
-    catalog_events,
-    load_mapping,
-    publish_events,
-    publish_raw,
-)
+from streams.tools.interactions import bench_profiles
+from streams.tools.publish import EventPublisher, catalog_events, load_mapping, publish_events
 from streams.tools.runner import WorkerProcess, encoded_count
 from streams.tools.videogen import make_clip
 from streams.worker.encoders import Encoders, load_encoders
@@ -159,14 +153,20 @@ def measure_encoders(settings: Settings, encoders: Encoders, events: list[Produc
 
 
 def _timed_rate(settings: Settings, worker: WorkerProcess, events: list[ProductEvent], done: Any) -> float:
-    """Events per second from the first publish until ``done(stats)``; the events are serialized
-    before the clock starts (building them is the benchmark's cost, not the pipeline's)."""
+    """Events per second from the first publish until ``done(stats)``. The events are serialized
+    and the producer connected before the clock starts: building events and a client's setup
+    (topic check, producer id: ~0.3-1 s on the embedded broker) are the benchmark's cost, not
+    the pipeline's."""
     now = time.time()
     records = [(e.product_id.encode(), e.derive(event_time=now).to_bytes()) for e in events]
-    started = time.perf_counter()
-    publish_raw(settings, records)
-    worker.wait_until(done, 1800, f"{len(events)} events", poll_s=0.1)
-    return len(events) / (time.perf_counter() - started)
+    with EventPublisher(settings) as publisher:
+        publisher.producer.list_topics(publisher.topic, timeout=10)  # connected, metadata in hand
+        started = time.perf_counter()
+        for key, value in records:
+            publisher.send(key, value)
+        publisher.producer.flush(60)
+        worker.wait_until(done, 1800, f"{len(events)} events", poll_s=0.1)
+        return len(events) / (time.perf_counter() - started)
 
 
 def _machine() -> str:

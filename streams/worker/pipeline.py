@@ -356,7 +356,7 @@ class Pipeline:
         if kept:
             self.store.overwrite_payloads({
                 f.event.product_id: self._payload(f, current[f.event.product_id].modalities, failures) for f, failures in kept
-            })
+            }, current)
             outcome.counts["payload_only"] += len(kept)
         encoded = self._encode(changed, outcome.counts)
         self._write(encoded)

@@ -308,7 +308,6 @@ def test_text_joins_title_and_description():
 
 
 def test_default_collections_are_not_shared_between_events():
-    # faust.Record shares class-level mutable defaults; ProductEvent.__post_init__ copies them
     first = ProductEvent(op="upsert", product_id="a", version=1, title="A")
     second = ProductEvent(op="upsert", product_id="b", version=1, title="B")
     first.attributes["colour"] = "red"
