@@ -123,6 +123,10 @@ class OnnxModel:
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads must sleep, not spin: each model has its own pool, and the worker's
+        # own threads (decoding, Kafka, the store) share the cores. Measured on 2 cores, decode +
+        # both encoders at batch 32: fp32 ~100 -> ~135 items/s, int8 ~175 -> ~260.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), options, providers=resolve_providers(providers))
         self.providers: list[str] = self.session.get_providers()
         self.input_names: list[str] = [i.name for i in self.session.get_inputs()]
