@@ -2,16 +2,18 @@
 in one run on the same machine, plus price-only updates and freshness.
 
 Phases, each on products the previous phases did not see:
-1. encoders alone: decode + preprocess + encode text and image at the worker's batch size, at
-   each precision (fp32, int8) one after the other, so ``int8_over_fp32`` is a same-run ratio;
-   Then the naive baseline on the same products (``bench_naive``: torch, one product at a time,
+1. encoders alone: decode + preprocess + encode text and image at the worker's batch size, the
+   precisions (fp32, int8) taking turns batch by batch, so ``int8_over_fp32`` is a same-run ratio;
+   then the naive baseline on the same products (``bench_naive``: torch, one product at a time,
    one qdrant-client upsert each): ``speedup_over_naive`` = end-to-end rate / naive rate;
 2. end to end: publish N new products to Kafka, time until all N are in Qdrant;
 3. price-only updates of the same N products, PRICE_ROUNDS rounds (encoders must stay idle);
 4. freshness: new products published at a steady half of the measured end-to-end rate, event
    time to visible in Qdrant, p50 and p99 (a burst would measure queueing, not freshness);
 5. shopper profiles (``streams.tools.interactions.bench_profiles``): interaction throughput,
-   profile freshness under a steady load, recommendation latency.
+   profile freshness under a steady load, recommendation latency;
+6. the encoders alone again, once the worker is gone: ``e2e_over_encoder`` divides by the mean of
+   phases 1 and 6, so that the machine's drift between them cancels.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 import uuid
 from itertools import islice
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -69,8 +71,8 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
     bench_settings = dataclasses.replace(settings, media_root=str(dataset))
     say(f"[1/5] encoders alone on {n} products (batch {settings.batch_size}), fp32 and int8 side by side")
     loaded = {p: load_encoders(dataclasses.replace(bench_settings, precision=p)) for p in PRECISIONS}
-    precision_rates = {p: measure_encoders(bench_settings, encoders, measured) for p, encoders in loaded.items()}
-    encoders, encoder_rate = loaded[settings.precision], precision_rates[settings.precision]
+    precision_rates = measure_encoders(bench_settings, loaded, measured)
+    encoders = loaded[settings.precision]
     say(f"      naive baseline: the same {n} products one at a time (torch, one qdrant-client upsert each)")
     naive_rate = naive_items_per_s(bench_settings, measured)
     say("      video: decode + sample + encode of a 5 s 320x240 clip")
@@ -115,12 +117,17 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
             profiles = bench_profiles(bench_settings, worker.wait_until, [e.product_id for e in measured])
     finally:
         stop_services(state_dir)
+    # the encoders alone once more, now that the worker is gone: the end-to-end rate is compared
+    # with the mean of before and after, so that the machine's drift over these minutes cancels
+    encoders_after = measure_encoders(bench_settings, {settings.precision: encoders}, measured)[settings.precision]
+    encoder_rate = (precision_rates[settings.precision] + encoders_after) / 2
     return {
         "machine": _machine(),
         "products": n,
         "batch_size": settings.batch_size,
         "precision": settings.precision,
         "encoder_items_per_s": round(encoder_rate, 1),
+        "encoder_items_per_s_before_after": [round(precision_rates[settings.precision], 1), round(encoders_after, 1)],
         **{f"encoder_items_per_s_{p}": round(rate, 1) for p, rate in precision_rates.items()},
         "int8_over_fp32": round(precision_rates[INT8] / precision_rates[FP32], 2),
         "e2e_items_per_s": round(e2e_rate, 1),
@@ -137,19 +144,25 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
     }
 
 
-def measure_encoders(settings: Settings, encoders: Encoders, events: list[ProductEvent]) -> float:
-    """Items per second through image decoding + preprocessing + both encoders, in the worker's
-    batches; reading the files is left out (the pipeline overlaps it with other work)."""
+def measure_encoders(settings: Settings, encoders: Mapping[str, Encoders], events: list[ProductEvent]) -> dict[str, float]:
+    """Items per second of each set of encoders (by precision) through image decoding +
+    preprocessing + both encoders, in the worker's batches; reading the files is left out (the
+    pipeline overlaps it with other work). The sets take turns batch by batch, so that the
+    machine's drift (~10% from one minute to the next on 2 shared cores) falls on each alike."""
     limits = MediaLimits.for_images(settings)
     images = [fetch_bytes(e.image_uris[0], limits) for e in events]
-    encoders.text.encode([events[0].text])  # first-run allocations out of the timing
-    started = time.perf_counter()
+    spent = dict.fromkeys(encoders, 0.0)
+    for each in encoders.values():
+        each.text.encode([events[0].text])  # first-run allocations out of the timing
     for i in range(0, len(events), settings.batch_size):
         batch = events[i:i + settings.batch_size]
-        encoders.text.encode([e.text for e in batch], batch_size=settings.batch_size)
-        decoded = [load_image(data, settings.max_image_pixels) for data in images[i:i + settings.batch_size]]
-        encoders.image.encode(decoded, batch_size=settings.batch_size)
-    return len(events) / (time.perf_counter() - started)
+        for precision, each in encoders.items():
+            started = time.perf_counter()
+            each.text.encode([e.text for e in batch], batch_size=settings.batch_size)
+            decoded = [load_image(data, settings.max_image_pixels) for data in images[i:i + settings.batch_size]]
+            each.image.encode(decoded, batch_size=settings.batch_size)
+            spent[precision] += time.perf_counter() - started
+    return {precision: len(events) / seconds for precision, seconds in spent.items()}
 
 
 def _timed_rate(settings: Settings, worker: WorkerProcess, events: list[ProductEvent], done: Any) -> float:
