@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from streams.worker.app import WorkerState
+from streams.worker.app import EventlessMonitor, WorkerState, create_app
 from streams.worker.pipeline import SERVICE_ERRORS, IncomingMessage
 
 pytestmark = pytest.mark.integration
@@ -88,3 +88,17 @@ def test_the_store_is_flushed_once_the_stream_is_idle_and_not_before(settings, c
         assert worker.pipeline.store.count() == 5
     finally:
         worker.pipeline.close()
+
+
+def test_the_app_keeps_no_per_event_monitor_state(settings):
+    """Faust's monitor would count every event a second time (``/metrics`` does); the app's
+    monitor skips the per-event hooks and still records the rest (here: a commit)."""
+    monitor = create_app(settings).monitor
+    assert isinstance(monitor, EventlessMonitor)
+    monitor.on_message_in(None, 1, None)
+    assert monitor.on_stream_event_in(None, 1, None, None) is None
+    monitor.on_stream_event_out(None, 1, None, None, None)
+    monitor.on_message_out(None, 1, None)
+    assert monitor.events_total == 0 and monitor.messages_received_total == 0
+    monitor.on_commit_completed(None, monitor.on_commit_initiated(None))
+    assert len(monitor.commit_latency) == 1
