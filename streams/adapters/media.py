@@ -26,11 +26,12 @@ import ssl
 import stat
 import threading
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 from encoders_onnx.decoding import MediaError
@@ -86,20 +87,71 @@ def fetch_bytes(uri: str, limits: MediaLimits, until: float | None = None) -> by
     A download ends after ``limits.timeout_s`` or at ``until`` (a ``time.monotonic()`` instant,
     e.g. a batch's media deadline), whichever comes first.
     """
+    path = local_path(uri)
+    if path is not None:
+        with _open_local(path, limits) as (file, _):
+            return _read_bounded(file, path, limits)
+    return _fetch_http(uri, limits, _Deadline(limits.timeout_s, until))
+
+
+def local_path(uri: str) -> str | None:
+    """The path of a local path or ``file://`` URI; None for ``http(s)://``; MediaError for the rest."""
     try:
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()
     except ValueError as exc:
         raise MediaError("bad_url", f"cannot parse {uri!r}: {exc}") from exc
     if not scheme:
-        return _read_local(uri, limits)
+        return uri
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise MediaError("bad_url", f"file URI with a remote host: {uri!r}")
-        return _read_local(unquote(parts.path), limits)
+        return unquote(parts.path)
     if scheme in ("http", "https"):
-        return _fetch_http(uri, limits, _Deadline(limits.timeout_s, until))
+        return None
     raise MediaError("bad_scheme", f"scheme {scheme!r} is not file, http or https")
+
+
+class LocalDigests:
+    """The sha256 of local media files read before, by file identity (device, inode, size, and
+    modification and change times in ns: any write moves the change time, which no user can set
+    back), so that an unchanged photo is opened and stat-ed but not read and hashed again, as a
+    price update would otherwise do for every product. The open is the same checked open as a
+    read's. Bounded: the least recently used identities go first."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._known: OrderedDict[str, tuple[tuple[int, ...], str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def known(self, path: str, limits: MediaLimits) -> str | None:
+        """The digest of ``path`` if it is unchanged since it was last read here, else None."""
+        with _open_local(path, limits) as (_, info):
+            return self._lookup(path, _identity(info))
+
+    def read(self, path: str, limits: MediaLimits) -> tuple[bytes, str]:
+        """The file's bytes and their digest, remembered by the identity of the file read."""
+        with _open_local(path, limits) as (file, info):
+            data = _read_bounded(file, path, limits)
+        digest = content_hash(data)
+        with self._lock:
+            self._known[path] = (_identity(info), digest)
+            self._known.move_to_end(path)
+            while len(self._known) > self.max_entries:
+                self._known.popitem(last=False)
+        return data, digest
+
+    def _lookup(self, path: str, identity: tuple[int, ...]) -> str | None:
+        with self._lock:
+            entry = self._known.get(path)
+            if entry is None or entry[0] != identity:
+                return None
+            self._known.move_to_end(path)
+            return entry[1]
+
+
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 class BatchFetcher:
@@ -166,8 +218,10 @@ def _host_key(uri: str) -> str | None:
 # --- local files ---------------------------------------------------------------------------
 
 
-def _read_local(path: str, limits: MediaLimits) -> bytes:
-    """Read a regular file inside media_root, refusing escapes before revealing existence."""
+@contextmanager
+def _open_local(path: str, limits: MediaLimits) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+    """A regular file inside media_root, open, with its fstat; escapes are refused before the
+    file's existence is revealed, and a file over ``limits.max_bytes`` before it is read."""
     root = str(limits.media_root)
     try:
         resolved = os.path.realpath(os.path.join(root, path))
@@ -192,10 +246,14 @@ def _read_local(path: str, limits: MediaLimits) -> bytes:
             raise MediaError("not_a_file", f"{path!r} is not a regular file")
         if info.st_size > limits.max_bytes:
             raise MediaError("too_large", f"{path!r} has {info.st_size} bytes > {limits.max_bytes}")
-        try:
-            data = file.read(limits.max_bytes + 1)  # the file may grow after fstat
-        except OSError as exc:
-            raise MediaError("unreadable", f"cannot read {path!r}: {exc.strerror}") from exc
+        yield file, info
+
+
+def _read_bounded(file: BinaryIO, path: str, limits: MediaLimits) -> bytes:
+    try:
+        data = file.read(limits.max_bytes + 1)  # the file may grow after fstat
+    except OSError as exc:
+        raise MediaError("unreadable", f"cannot read {path!r}: {exc.strerror}") from exc
     if len(data) > limits.max_bytes:
         raise MediaError("too_large", f"{path!r} has more than {limits.max_bytes} bytes")
     return data

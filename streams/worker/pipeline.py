@@ -39,7 +39,7 @@ from encoders_onnx.decoding import DECODER_VERSION, MediaError, PixelBudget, loa
 from encoders_onnx.fusion import MODALITIES, ModalityBatch
 from encoders_onnx.session import l2_normalize
 from streams.adapters.cache import FeatureCache, feature_key
-from streams.adapters.media import BatchFetcher, MediaLimits, content_hash, fetch_bytes
+from streams.adapters.media import BatchFetcher, LocalDigests, MediaLimits, content_hash, fetch_bytes, local_path
 from streams.adapters.store import ProductPoint, ProductStore, StoredState, category_prefixes
 from streams.adapters.tombstones import Tombstones
 from streams.schema.events import EventError, EventLimits, ProductEvent, parse_event
@@ -60,7 +60,7 @@ PROCESSING_FAILED = "processing_failed"
 STORED_ERROR = "stored_media_error"  # a modality failure recorded when unchanged content was first encoded
 # Media failures that say nothing about the medium itself (its host was slow): the product is
 # indexed without it now and its event is retried later instead of dead-lettered.
-RETRIED_MEDIA_CODES = frozenset({"timeout"})
+RETRIED_MEDIA_CODES = frozenset({"timeout", "changed"})
 
 
 # -- values that flow through the stages ------------------------------------------------------
@@ -163,10 +163,12 @@ class Plan:
 
 @dataclass(frozen=True)
 class Media:
-    """Fetched content with its sha256, computed once: the fingerprint and the cache keys use it."""
+    """Fetched content with its sha256, computed once: the fingerprint and the cache keys use it.
+    ``data`` is None for a local file known unchanged by its identity (``LocalDigests``): it is
+    read only if an encoder needs it (``Pipeline._data``), which a cache hit spares."""
 
     uri: str
-    data: bytes
+    data: bytes | None
     digest: str
 
 
@@ -244,6 +246,7 @@ class Pipeline:
         self.video_limits = MediaLimits.for_videos(settings)
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
         self._downloads = BatchFetcher(self._io, per_host=settings.fetch_per_host)
+        self._local = LocalDigests()
         # the full-size buffers decoded at once, across the pool's threads (JPEGs decode downscaled)
         self._pixel_budget = PixelBudget(settings.decode_pixel_budget)
         # an image vector depends on the decoder too: the same bytes decode to other pixels after a change
@@ -388,7 +391,11 @@ class Pipeline:
         def fetch(item: tuple[int, str, str]) -> Media | Failure:
             _, modality, uri = item
             try:
-                return as_media(uri, fetch_bytes(uri, limits(modality)))
+                path = local_path(uri)
+                if path is None:
+                    return as_media(uri, fetch_bytes(uri, limits(modality)))
+                digest = self._local.known(path, limits(modality))
+                return Media(uri, None, digest) if digest is not None else Media(uri, *self._local.read(path, limits(modality)))
             except MediaError as exc:
                 return as_media(uri, exc)
 
@@ -424,10 +431,10 @@ class Pipeline:
         text_vectors = self._cached("text", self.encoders.text.version, texts, [content_hash(t.encode()) for t in texts],
                                     self._encode_texts, counts)
         images = [(product, media) for product in products for media in product.images]
-        image_vectors = self._cached("image", self._image_version, [m.data for _, m in images],
+        image_vectors = self._cached("image", self._image_version, [m for _, m in images],
                                      [m.digest for _, m in images], self._encode_images, counts)
         videos = [(product, product.video) for product in products if product.video is not None]
-        video_vectors = self._cached("video", self.encoders.video.version, [m.data for _, m in videos],
+        video_vectors = self._cached("video", self.encoders.video.version, [m for _, m in videos],
                                      [m.digest for _, m in videos], self._encode_videos, counts)
         video_of = {id(p): (m, v) for (p, m), v in zip(videos, video_vectors)}
 
@@ -453,26 +460,44 @@ class Pipeline:
     def _encode_texts(self, texts: list[str]) -> list[Encoded]:
         return list(self.encoders.text.encode(texts, batch_size=self.settings.batch_size))
 
-    def _encode_images(self, payloads: list[bytes]) -> list[Encoded]:
+    def _encode_images(self, media: list[Media]) -> list[Encoded]:
         """Decoded and encoded ``image_chunk`` at a time: a batch holds at most that many decoded
         images, and its full-size decode buffers stay within the pixel budget."""
-        def decode(data: bytes) -> Image.Image | Failure:
+        def decode(image: Media) -> Image.Image | Failure:
             try:
-                return load_image(data, self.settings.max_image_pixels, self._pixel_budget)
+                return load_image(self._data(image, self.image_limits), self.settings.max_image_pixels, self._pixel_budget)
             except MediaError as exc:
                 return Failure(exc.code, str(exc))
 
         results: list[Encoded] = []
-        for start in range(0, len(payloads), self.settings.image_chunk):
-            decoded = list(self._io.map(decode, payloads[start: start + self.settings.image_chunk]))
+        for start in range(0, len(media), self.settings.image_chunk):
+            decoded = list(self._io.map(decode, media[start: start + self.settings.image_chunk]))
             good = [image for image in decoded if not isinstance(image, Failure)]
             vectors = iter(self.encoders.image.encode(good, batch_size=self.settings.batch_size) if good else [])
             results += [image if isinstance(image, Failure) else next(vectors) for image in decoded]
         return results
 
-    def _encode_videos(self, payloads: list[bytes]) -> list[Encoded]:
-        return [Failure(r.code, str(r)) if isinstance(r, MediaError) else r.vector
-                for r in self.encoders.video.encode_many(payloads)]
+    def _encode_videos(self, media: list[Media]) -> list[Encoded]:
+        def load(video: Media) -> bytes | MediaError:
+            try:
+                return self._data(video, self.video_limits)
+            except MediaError as exc:
+                return exc
+
+        loaded = [load(video) for video in media]
+        decoded = iter(self.encoders.video.encode_many([data for data in loaded if isinstance(data, bytes)]))
+        results = (data if isinstance(data, MediaError) else next(decoded) for data in loaded)
+        return [Failure(r.code, str(r)) if isinstance(r, MediaError) else r.vector for r in results]
+
+    def _data(self, media: Media, limits: MediaLimits) -> bytes:
+        """The bytes of ``media``, read now if its fetch was spared by its known digest; content
+        that changed since is a ``changed`` MediaError (retried: its fingerprint is stale)."""
+        if media.data is not None:
+            return media.data
+        data, digest = self._local.read(local_path(media.uri) or media.uri, limits)
+        if digest != media.digest:
+            raise MediaError("changed", f"{media.uri} changed while its batch was being indexed")
+        return data
 
     def _cached(
         self,

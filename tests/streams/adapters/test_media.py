@@ -113,6 +113,30 @@ def root(tmp_path: Path) -> Path:
     return media_root
 
 
+def test_local_digests_are_known_until_the_file_changes(root):
+    digests, bounds, path = media.LocalDigests(), limits(root), "sub/a.jpg"
+    assert digests.known(path, bounds) is None  # never read
+    data, digest = digests.read(path, bounds)
+    assert data == JPEG and digest == content_hash(JPEG) == digests.known(path, bounds)
+    file = root / path
+    before = file.stat()
+    file.write_bytes(bytes(reversed(JPEG)))  # same size, new content
+    os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))  # even with the old mtime back
+    assert digests.known(path, bounds) is None  # the change time moved
+    assert digests.read(path, bounds)[1] == content_hash(bytes(reversed(JPEG))) == digests.known(path, bounds)
+
+
+def test_local_digests_check_like_a_read_and_stay_bounded(root):
+    digests, bounds = media.LocalDigests(max_entries=1), limits(root)
+    fails("outside_media_root", digests.known, "../secret.txt", bounds)
+    fails("not_found", digests.known, "sub/missing.jpg", bounds)
+    fails("too_large", digests.read, "sub/a.jpg", limits(root, max_bytes=10))
+    (root / "b.jpg").write_bytes(JPEG)
+    digests.read("sub/a.jpg", bounds)
+    digests.read("b.jpg", bounds)
+    assert digests.known("sub/a.jpg", bounds) is None and digests.known("b.jpg", bounds) == content_hash(JPEG)
+
+
 def test_local_paths_inside_the_root(root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths resolve against the root, not the cwd
     (root / "inside-link.jpg").symlink_to(root / "sub" / "a.jpg")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from streams.adapters.media import local_path
 from streams.settings import Settings
 from streams.worker.pipeline import IncomingMessage, Pipeline
 
@@ -293,3 +294,53 @@ def test_a_price_update_keeps_the_decode_error_in_the_payload(pipeline, catalog,
     assert outcome.counts["payload_only"] == 1
     payload = pipeline.store.get(broken.product_id).payload
     assert payload["price"] == 1.0 and payload["errors"] == {"image": error} and payload["modalities"] == ["text"]
+
+
+def test_a_new_photo_under_the_same_uri_is_reencoded_and_an_unchanged_one_is_not_read(pipeline, catalog, settings, monkeypatch):
+    """Local files known unchanged by their identity are not read again (a price update would read
+    every photo); a file rewritten in place is, and its new content is encoded."""
+    pipeline.process(messages(catalog[0], catalog[1]))
+    product = catalog[0]
+    before = pipeline.store.vector(product.product_id, "image")
+    reads: list[str] = []
+    read = pipeline._local.read
+    monkeypatch.setattr(pipeline._local, "read", lambda path, limits: reads.append(path) or read(path, limits))
+
+    outcome = pipeline.process(messages(product.derive(version=2, price=1.0)))
+    assert outcome.counts["payload_only"] == 1 and reads == []
+
+    photo = Path(local_path(product.image_uris[0]))
+    photo.write_bytes(Path(local_path(catalog[1].image_uris[0])).read_bytes())  # another product's photo
+    outcome = pipeline.process(messages(product.derive(version=3, price=1.0)))
+    assert reads == [str(photo)] and outcome.counts["payload_only"] == 0
+    assert outcome.counts["cache_hits_image"] == 1  # the other product's photo is in the cache already
+    after = pipeline.store.vector(product.product_id, "image")
+    np.testing.assert_allclose(after, pipeline.store.vector(catalog[1].product_id, "image"), atol=1e-5)
+    assert float(np.dot(before, after)) < 0.99
+
+
+def test_a_photo_spared_by_its_digest_is_read_when_the_cache_misses(pipeline, catalog, settings):
+    """A new title with an unchanged photo whose vector left the cache: the photo is read then,
+    and a photo that changed in the meantime is a retried ``changed`` failure, not a stale vector."""
+    product = catalog[0]
+    pipeline.process(messages(product))
+    image = pipeline.store.vector(product.product_id, "image")
+    pipeline.cache.client.flushdb()
+    outcome = pipeline.process(messages(product.derive(version=2, title="A new title")))
+    assert outcome.counts["encoded_image"] == 1 and not outcome.failures
+    np.testing.assert_allclose(pipeline.store.vector(product.product_id, "image"), image, atol=1e-5)
+
+    pipeline.cache.client.flushdb()
+    known = pipeline._local.known
+    photo = Path(local_path(product.image_uris[0]))
+
+    def known_then_changed(path, limits):  # the file changes between the fingerprint and the encoder
+        digest = known(path, limits)
+        assert digest is not None
+        photo.write_bytes(Path(local_path(catalog[1].image_uris[0])).read_bytes())
+        return digest
+
+    pipeline._local.known = known_then_changed
+    outcome = pipeline.process(messages(product.derive(version=3, title="Another title")))
+    assert [f.code for f in outcome.failures[product.product_id]] == ["changed"]
+    assert [r.failure.code for r in outcome.retries] == ["changed"] and not outcome.dead_letters
