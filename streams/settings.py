@@ -55,7 +55,7 @@ class Settings:
     hybrid_value_weight: float = _knob(2.0, "weight of the category/attribute-values BM25 list in hybrid DBSF")
     # batching
     batch_size: int = _knob(32, "events per batch: each encoder runs once per batch")
-    batch_window_s: float = _knob(0.2, "longest wait to fill a batch, seconds")
+    batch_window_s: float = _knob(0.1, "longest wait to fill a batch, seconds (a burst fills it sooner)")
     fetch_max_wait_ms: int = _knob(100, "longest a consumer fetch waits for new data, ms (freshness when idle)")
     idle_flush_s: float = _knob(2.0, "the worker persists the store's new points once its stream has been idle this long, seconds")
     topic_check_s: float = _knob(10.0, "how often the worker re-creates topics a restarted broker lost, seconds")

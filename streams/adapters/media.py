@@ -126,6 +126,8 @@ class LocalDigests:
 
     def known(self, path: str, limits: MediaLimits) -> str | None:
         """The digest of ``path`` if it is unchanged since it was last read here, else None."""
+        if path not in self._known:  # never read: no need to open it twice
+            return None
         with _open_local(path, limits) as (_, info):
             return self._lookup(path, _identity(info))
 

@@ -128,13 +128,18 @@ def test_local_digests_are_known_until_the_file_changes(root):
 
 def test_local_digests_check_like_a_read_and_stay_bounded(root):
     digests, bounds = media.LocalDigests(max_entries=1), limits(root)
-    fails("outside_media_root", digests.known, "../secret.txt", bounds)
-    fails("not_found", digests.known, "sub/missing.jpg", bounds)
+    fails("outside_media_root", digests.read, "../secret.txt", bounds)
     fails("too_large", digests.read, "sub/a.jpg", limits(root, max_bytes=10))
-    (root / "b.jpg").write_bytes(JPEG)
     digests.read("sub/a.jpg", bounds)
+    (root / "sub" / "a.jpg").unlink()
+    fails("not_found", digests.known, "sub/a.jpg", bounds)
+    (root / "sub" / "a.jpg").symlink_to(root.parent / "secret.txt")  # swapped for an escape after a read
+    fails("outside_media_root", digests.known, "sub/a.jpg", bounds)
+    (root / "b.jpg").write_bytes(JPEG)
+    (root / "c.jpg").write_bytes(JPEG)
     digests.read("b.jpg", bounds)
-    assert digests.known("sub/a.jpg", bounds) is None and digests.known("b.jpg", bounds) == content_hash(JPEG)
+    digests.read("c.jpg", bounds)
+    assert digests.known("b.jpg", bounds) is None and digests.known("c.jpg", bounds) == content_hash(JPEG)
 
 
 def test_local_paths_inside_the_root(root, tmp_path, monkeypatch):
