@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
@@ -60,10 +61,24 @@ def test_int8_image_keeps_cosine_to_fp32_on_transformed_images(model_dir: Path) 
     images = [Image.open(p).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((4, 4, 56, 76)) for p in paths]
     fp32 = ImageEncoder(model_dir, "cpu").encode(images)
     int8 = ImageEncoder(model_dir, "cpu", "int8").encode(images)
-    assert _cosines(fp32, int8).mean() >= MIN_MEAN_COSINE["image"]
+    # the packaged model with its first convolutions in fp32 measured 0.989 here (all int8: ~0.96)
+    assert _cosines(fp32, int8).mean() >= 0.98 > MIN_MEAN_COSINE["image"]
     # and int8 still ranks like fp32: each image's nearest neighbour (other than itself) mostly agrees
     nearest = [np.argsort(-(v @ v.T), axis=1)[:, 1] for v in (fp32, int8)]
-    assert np.mean(nearest[0] == nearest[1]) >= 0.7
+    assert np.mean(nearest[0] == nearest[1]) >= 0.8
+
+
+def test_the_input_side_of_a_cnn_stays_fp32(model_dir: Path) -> None:
+    graph = onnx.load(str(model_dir / "image.onnx")).graph
+    kept = quantize.input_side_nodes(model_dir / "image.onnx", 3)
+    assert kept == [node.name for node in graph.node[:len(kept)]]
+    assert [node.op_type for node in graph.node if node.name in kept].count("Conv") == 3
+    assert graph.node[len(kept) - 1].op_type == "Conv"  # it ends at the third convolution
+    manifest = json.loads((model_dir / "image.int8.manifest.json").read_text())
+    assert manifest["extra"]["quantization"]["fp32_input_convolutions"] == quantize.FP32_INPUT_CONVS
+    int8_convs = [n for n in onnx.load(str(model_dir / "image.int8.onnx")).graph.node if n.op_type == "Conv"]
+    quantized = [any(name.endswith("DequantizeLinear_Output") for name in conv.input) for conv in int8_convs]
+    assert quantized[:3] == [False] * 3 and all(quantized[3:])  # fp32 weights and inputs, then int8
 
 
 def test_missing_int8_model_names_the_export_command(model_dir: Path, tmp_path: Path) -> None:
