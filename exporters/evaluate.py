@@ -155,7 +155,8 @@ def evaluate(
         )
     methods["random"] = row(_random_vectors(n, learned.dim, seed), (_random_vectors(n, learned.dim, seed + 1),
                                                                     _random_vectors(n, learned.dim, seed + 2)))
-    methods["zero_shot_bridge"] = row(bridge, (test.vectors["text"], bridge))
+    if bridge is not None:
+        methods["zero_shot_bridge"] = row(bridge, (test.vectors["text"], bridge))
     return {
         "dataset": str(cat.path),
         "split": "test",
