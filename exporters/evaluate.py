@@ -14,7 +14,8 @@ Methods: text only, image only, early fusion (concatenation of normalized vector
 autoencoder fusion (the ONNX bundle, as the worker runs it), learned fusion with one modality
 masked out for every product (how the worker handles a missing modality), the mean of the aligned
 projections, the same supervised training on the best single modality (chosen on validation),
-random vectors, and the zero-shot bridge (image -> top ImageNet classes -> text encoder).
+random vectors, and the zero-shot bridge (image -> top ImageNet classes -> text encoder; only when the
+image model has its ImageNet classifier, which a bring-your-own or fine-tuned one has not).
 """
 
 from __future__ import annotations
