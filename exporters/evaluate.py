@@ -14,7 +14,8 @@ Methods: text only, image only, early fusion (concatenation of normalized vector
 autoencoder fusion (the ONNX bundle, as the worker runs it), learned fusion with one modality
 masked out for every product (how the worker handles a missing modality), the mean of the aligned
 projections, the same supervised training on the best single modality (chosen on validation),
-random vectors, and the zero-shot bridge (image -> top ImageNet classes -> text encoder).
+random vectors, and the zero-shot bridge (image -> top ImageNet classes -> text encoder; only when the
+image model has its ImageNet classifier, which a bring-your-own or fine-tuned one has not).
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def evaluate(
         )
     methods["random"] = row(_random_vectors(n, learned.dim, seed), (_random_vectors(n, learned.dim, seed + 1),
                                                                     _random_vectors(n, learned.dim, seed + 2)))
-    methods["zero_shot_bridge"] = row(bridge, (test.vectors["text"], bridge))
+    if bridge is not None:
+        methods["zero_shot_bridge"] = row(bridge, (test.vectors["text"], bridge))
     return {
         "dataset": str(cat.path),
         "split": "test",

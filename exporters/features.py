@@ -101,17 +101,13 @@ def extract_features(
     present: dict[str, np.ndarray] = {}
     versions: dict[str, str] = {}
 
-    text = TextEncoder(model_dir, providers, precision)
-    texts = [p.text for p in catalog.products]
-    vectors["text"] = _cached(cache, "text", text.version, texts, lambda: _encode_texts(text, texts, batch_size))
-    present["text"] = np.array([bool(t) for t in texts])
-    versions["text"] = text.version
+    vectors["text"], present["text"], versions["text"] = text_features(catalog, model_dir, cache, providers, batch_size, precision)
 
     image = ImageEncoder(model_dir, providers, precision) if catalog.mapping.image or catalog.mapping.video else None
     if catalog.mapping.image:
         paths = [p.image for p in catalog.products]
-        vectors["image"] = _cached(
-            cache, "image", image.version, _media_keys(paths), lambda: _encode_images(image, paths, batch_size, threads, decoding.max_image_pixels)
+        vectors["image"] = cached_array(
+            cache, "image", image.version, media_keys(paths), lambda: _encode_images(image, paths, batch_size, threads, decoding.max_image_pixels)
         )
         present["image"] = np.linalg.norm(vectors["image"], axis=1) > 0
         versions["image"] = image.version
@@ -119,10 +115,22 @@ def extract_features(
     if catalog.mapping.video:
         video = VideoEncoder(image, decoding.video_limits, decoding.video_pooling)
         paths = [p.video for p in catalog.products]
-        vectors["video"] = _cached(cache, "video", video.version, _media_keys(paths), lambda: _encode_videos(video, paths))
+        vectors["video"] = cached_array(cache, "video", video.version, media_keys(paths), lambda: _encode_videos(video, paths))
         present["video"] = np.linalg.norm(vectors["video"], axis=1) > 0
         versions["video"] = video.version
     return Features(vectors, present, versions)
+
+
+def text_features(
+    catalog: Catalog, model_dir: str | Path, cache_dir: str | Path = DEFAULT_CACHE_DIR, providers: str = "cpu",
+    batch_size: int = 64, precision: str = FP32,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The text encoder's vectors of every product (title [+ description]), which rows have a
+    text, and the encoder version; cached like every modality."""
+    text = TextEncoder(model_dir, providers, precision)
+    texts = [p.text for p in catalog.products]
+    vectors = cached_array(Path(cache_dir), "text", text.version, texts, lambda: _encode_texts(text, texts, batch_size))
+    return vectors, np.array([bool(t) for t in texts]), text.version
 
 
 def zero_shot_bridge(
@@ -135,16 +143,19 @@ def zero_shot_bridge(
     top_k: int = 5,
     batch_size: int = 64,
     threads: int = 4,
-) -> np.ndarray:
+) -> np.ndarray | None:
     """The no-training baseline: image -> top-k ImageNet classes -> text-encoder vector.
 
     Each class name is embedded once; a product's bridge vector is the softmax-weighted mean of
     its top-k class vectors, so it lives in the text space and can be compared with titles.
+    None when the image model has no ImageNet classifier (a bring-your-own or fine-tuned one).
     """
     text, image = TextEncoder(model_dir, providers), ImageEncoder(model_dir, providers)
+    if image.num_classes is None:
+        return None
     names = json.loads(Path(classes_path).read_text())
     paths = [catalog.products[i].image for i in index]
-    key_items = [text.version, str(top_k), *names, *_media_keys(paths)]
+    key_items = [text.version, str(top_k), *names, *media_keys(paths)]
 
     def compute() -> np.ndarray:
         class_vectors = text.encode(names, batch_size)
@@ -156,20 +167,24 @@ def zero_shot_bridge(
         bridged = np.einsum("nk,nkd->nd", weights, class_vectors[top])
         return l2_normalize(bridged) * (np.abs(logits).sum(axis=1, keepdims=True) > 0)
 
-    return _cached(Path(cache_dir), "bridge", image.version, key_items, compute)
+    return cached_array(Path(cache_dir), "bridge", image.version, key_items, compute)
 
 
-def _cached(cache: Path, kind: str, version: str, items: Sequence[str], compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """``compute()``'s array, stored as ``<kind>-<hash>.npy`` keyed by version and inputs."""
+def cached_array(
+    cache: Path, kind: str, version: str, items: Sequence[str], compute: Callable[[], np.ndarray],
+    dtype: type = np.float32,
+) -> np.ndarray:
+    """``compute()``'s array as ``dtype``, stored as ``<kind>-<hash>.npy`` keyed by version and inputs."""
     digest = hashlib.sha256(version.encode())
     for item in items:
         digest.update(item.encode() + b"\0")
+    cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{kind}-{digest.hexdigest()[:20]}.npy"
     if path.is_file():
         print(f"{kind} features: cached {path}", flush=True)
         return np.load(path)
     started = time.perf_counter()
-    array = np.ascontiguousarray(compute(), dtype=np.float32)
+    array = np.ascontiguousarray(compute(), dtype=dtype)
     atomic_write(path, _npy_bytes(array))
     print(f"{kind} features: {len(array)} rows in {time.perf_counter() - started:.1f} s -> {path}", flush=True)
     return array
@@ -181,7 +196,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _media_keys(paths: Sequence[Path | None]) -> list[str]:
+def media_keys(paths: Sequence[Path | None]) -> list[str]:
     """Path, size and mtime of each file: a replaced file changes the key without hashing its bytes."""
     keys = []
     for path in paths:
@@ -234,12 +249,13 @@ def _image_chunks(paths: Sequence[Path | None], threads: int, desc: str, max_pix
             bar.update(len(images))
 
 
-def _run_images(
-    paths: Sequence[Path | None], width: int, threads: int, desc: str, run: Callable[[list[Image.Image]], np.ndarray],
-    max_pixels: int = MediaDecoding.max_image_pixels,
+def run_images(
+    paths: Sequence[Path | None], shape: int | tuple[int, ...], threads: int, desc: str,
+    run: Callable[[list[Image.Image]], np.ndarray], max_pixels: int = MediaDecoding.max_image_pixels,
+    dtype: type = np.float32,
 ) -> np.ndarray:
-    """``run`` over every readable image; unreadable or missing ones leave a zero row."""
-    out = np.zeros((len(paths), width), np.float32)
+    """``run`` over every readable image into rows of ``shape``; unreadable or missing ones leave a zero row."""
+    out = np.zeros((len(paths), *np.atleast_1d(shape)), dtype)
     missing = 0
     for start, images in _image_chunks(paths, threads, desc, max_pixels):
         ok = [i for i, im in enumerate(images) if im is not None]
@@ -254,11 +270,11 @@ def _run_images(
 def _encode_images(
     encoder: ImageEncoder, paths: Sequence[Path | None], batch_size: int, threads: int, max_pixels: int
 ) -> np.ndarray:
-    return _run_images(paths, encoder.dim, threads, "image", lambda ims: encoder.encode(ims, batch_size), max_pixels)
+    return run_images(paths, encoder.dim, threads, "image", lambda ims: encoder.encode(ims, batch_size), max_pixels)
 
 
 def _classify_images(encoder: ImageEncoder, paths: Sequence[Path | None], batch_size: int, threads: int) -> np.ndarray:
-    return _run_images(paths, encoder.num_classes, threads, "classify", lambda ims: encoder.classify(ims, batch_size))
+    return run_images(paths, encoder.num_classes, threads, "classify", lambda ims: encoder.classify(ims, batch_size))
 
 
 def _encode_videos(encoder: VideoEncoder, paths: Sequence[Path | None]) -> np.ndarray:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ def fit_heads(
         both = val.present["text"] & val.present["image"]
         return text_to_image(z["text"][both], z["image"][both])["recall@10"]
 
-    return heads, _train_loop("heads", heads, loss, len(y), score, config.head_lr, config, generator)
+    return heads, train_loop("heads", heads, loss, len(y), score, config.head_lr, config, generator)
 
 
 def fit_fusion(
@@ -167,7 +167,7 @@ def fit_fusion(
         fused = fusion(val_inputs, val_mask).numpy()
         return item_to_item(fused, val_labels)["p@10"]
 
-    return fusion, _train_loop("fusion", fusion, loss, len(y), score, config.lr, config, generator)
+    return fusion, train_loop("fusion", fusion, loss, len(y), score, config.lr, config, generator)
 
 
 def fit_single_modality(
@@ -211,45 +211,76 @@ def fit_autoencoder(
     def score() -> float:
         return -float(masked_reconstruction(ae.decode(ae.encode(val_x, val_present)), val_x, val_present))
 
-    return ae, _train_loop("autoencoder", ae, loss, len(present), score, config.lr, config, generator)
+    return ae, train_loop("autoencoder", ae, loss, len(present), score, config.lr, config, generator)
 
 
-def _train_loop(
+class LoopConfig(Protocol):
+    """The knobs :func:`train_loop` reads (TrainConfig's, the fine-tuning config's)."""
+
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def max_epochs(self) -> int: ...
+    @property
+    def patience(self) -> int: ...
+    @property
+    def weight_decay(self) -> float: ...
+
+
+def train_loop(
     name: str,
     model: nn.Module,
     loss_fn: Callable[[Tensor], Tensor],
     n_train: int,
     score: Callable[[], float],
     lr: float,
-    config: TrainConfig,
+    config: LoopConfig,
     generator: torch.Generator,
+    param_groups: list[dict[str, Any]] | None = None,
+    budget_s: float = math.inf,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """AdamW over shuffled batches; keep the weights of the best validation score; stop after
-    ``patience`` epochs without improvement."""
+    ``patience`` epochs without improvement, or at the first batch past ``budget_s`` seconds
+    (that epoch is scored as it is). ``param_groups`` give parts of the model their own learning
+    rates; ``progress`` prints every epoch (for runs of minutes)."""
     started = time.perf_counter()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups or model.parameters(), lr=lr, weight_decay=config.weight_decay)
     best, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
-    epoch = 0
+    epoch, stopped, epoch_losses = 0, "max_epochs", []
     for epoch in range(1, config.max_epochs + 1):
         model.train()
+        losses = []
         for batch in torch.randperm(n_train, generator=generator).split(config.batch_size):
             if len(batch) < 2:
                 continue
             optimizer.zero_grad()
-            loss_fn(batch).backward()
+            loss = loss_fn(batch)
+            loss.backward()
             optimizer.step()
+            losses.append(loss.item())
+            if time.perf_counter() - started > budget_s:
+                stopped = "budget"
+                break
+        epoch_losses.append(round(float(np.mean(losses)), 4))
         model.eval()
         with torch.no_grad():
             current = score()
+        if progress:
+            print(f"{name} epoch {epoch}: train loss {epoch_losses[-1]:.4f}, val {current:.4f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
         if current > best:
             best, best_epoch, best_state = current, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= config.patience:
+            stopped = "patience"
+        if stopped != "max_epochs":
             break
     model.load_state_dict(best_state)
     model.eval()
     seconds = time.perf_counter() - started
-    print(f"{name}: best val {best:.4f} at epoch {best_epoch} of {epoch} ({seconds:.1f} s)", flush=True)
-    return {"val_score": best, "best_epoch": best_epoch, "epochs": epoch, "seconds": round(seconds, 2)}
+    print(f"{name}: best val {best:.4f} at epoch {best_epoch} of {epoch} ({seconds:.1f} s, stopped by {stopped})", flush=True)
+    return {"val_score": best, "best_epoch": best_epoch, "epochs": epoch, "stopped": stopped,
+            "train_losses": epoch_losses, "seconds": round(seconds, 2)}
 
 
 def _drop_modalities(present: Tensor, p: float, generator: torch.Generator) -> Tensor:

@@ -20,6 +20,7 @@ from streams.settings import Settings
 LAZY_FLAGS = {
     "train": ("exporters.train", "configure_train_parser"),
     "eval": ("exporters.evaluate", "configure_eval_parser"),
+    "finetune": ("exporters.finetune", "configure_finetune_parser"),
     "make-videos": ("streams.tools.videogen", "add_make_videos_arguments"),
 }
 
@@ -130,6 +131,8 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
         "train": command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle"),
         "eval": command("eval", cmd_eval, "evaluate text, image, early/late/learned/autoencoder fusion and baselines on the test split; "
                                      "--shoppers: recommendations for (simulated) users"),
+        "finetune": command("finetune", cmd_finetune, "fine-tune the last MobileNetV2 blocks on a catalog (image-title "
+                                                      "contrastive, torch) into weights for `export --modality image`"),
     }
     command("reindex", cmd_reindex, "re-embed the served catalog with the configured models, then switch queries to it")
     for name, help_text in (("backup", "snapshot the product store into the backup NAME under SHELFSTREAM_BACKUP_DIR "
@@ -348,6 +351,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     from exporters.train import run_train
 
     run_train(args, _decoding(args, settings))
+
+
+def cmd_finetune(args: argparse.Namespace, settings: Settings) -> None:
+    _require_export_extra(args)
+    from exporters.finetune import run_finetune
+
+    run_finetune(args, _decoding(args, settings))
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> None:

@@ -42,18 +42,6 @@ def user_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Pa
     return "tiny_user_model:build", weights
 
 
-@pytest.fixture
-def folder(model_dir: Path, tmp_path: Path) -> Path:
-    """A model folder with the packaged models, as a user would copy it before swapping one
-    (links: an export replaces a link by a new file and never writes through it)."""
-    target = tmp_path / "models"
-    target.mkdir()
-    for path in model_dir.glob("*"):
-        if path.is_file():
-            (target / path.name).symlink_to(path)
-    return target
-
-
 def _images(count: int = 6) -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in sorted((REPO / "demo" / "catalog" / "images").glob("*.jpg"))[:count]]
 

@@ -22,7 +22,7 @@ from tests.conftest import free_port
 
 COMMANDS = ["up", "down", "status", "settings", "worker", "serve", "publish", "similar", "search", "recommend", "export",
             "bench", "demo", "make-videos", "train", "eval", "reindex", "dead-letters", "backup", "restore",
-            "optimize", "publish-interactions", "forget-user", "wait"]
+            "optimize", "publish-interactions", "forget-user", "wait", "finetune"]
 
 
 @pytest.fixture(autouse=True)
