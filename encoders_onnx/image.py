@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from encoders_onnx.session import FP32, OnnxModel, Providers, batched, l2_normalize, model_name
+from encoders_onnx.session import FP32, OnnxModel, Providers, l2_normalize, model_name
 
 IMAGE_MODEL = "image"
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -22,8 +22,9 @@ _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resamp
 class ImageEncoder:
     """``encode(images) -> (n, 1280)`` float32 unit vectors; ``classify(images) -> (n, 1000)`` logits."""
 
-    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto", precision: str = FP32) -> None:
-        self.model = OnnxModel(model_dir, model_name(IMAGE_MODEL, precision), providers)
+    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto", precision: str = FP32,
+                 parallel: int = 0) -> None:
+        self.model = OnnxModel(model_dir, model_name(IMAGE_MODEL, precision), providers, parallel=parallel)
         settings = self.model.manifest["extra"]["preprocessing"]
         self._resize_shorter: int = settings["resize_shorter"]
         self._interpolation = _INTERPOLATION[settings["interpolation"]]
@@ -83,10 +84,7 @@ class ImageEncoder:
 
     def _forward(self, images: Sequence[Image.Image], batch_size: int, output: str) -> np.ndarray:
         """One output of the graph for all ``images``, preprocessed and run ``batch_size`` at a time."""
-        chunks = [self.model.run({"pixel_values": self._pixels(batch)}, [output])[output]
-                  for batch in batched(images, batch_size)]
-        width = self.dim if output == "features" else (self.num_classes or 0)
-        return np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
+        return self.model.run_batches(images, batch_size, lambda part: {"pixel_values": self._pixels(part)}, output)
 
     def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """L2-normalized pooled MobileNetV2 features, (n, 1280) float32."""

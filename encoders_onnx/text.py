@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from encoders_onnx.session import FP32, OnnxModel, Providers, batched, model_name
+from encoders_onnx.session import FP32, OnnxModel, Providers, model_name
 
 TEXT_MODEL = "text"
 
@@ -46,8 +46,9 @@ def encoder_text(title: str, description: str = "") -> str:
 class TextEncoder:
     """``encode(texts) -> (n, 384)`` float32 unit vectors; needs only the model folder."""
 
-    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto", precision: str = FP32) -> None:
-        self.model = OnnxModel(model_dir, model_name(TEXT_MODEL, precision), providers)
+    def __init__(self, model_dir: str | Path, providers: Providers | str = "auto", precision: str = FP32,
+                 parallel: int = 0) -> None:
+        self.model = OnnxModel(model_dir, model_name(TEXT_MODEL, precision), providers, parallel=parallel)
         settings = self.model.manifest["extra"]["tokenizer"]
         self.tokenizer = load_tokenizer(self.model.model_dir / settings["file"], settings["truncation"])
         self.dim: int = self.model.output_dim("embeddings")
@@ -60,5 +61,5 @@ class TextEncoder:
         """Embed ``texts`` in batches of ``batch_size``; an empty input gives shape ``(0, dim)``."""
         if isinstance(texts, str):
             raise TypeError("encode() takes a sequence of texts, not a single str")
-        chunks = [self.model.run(tokenize(self.tokenizer, batch))["embeddings"] for batch in batched(texts, batch_size)]
-        return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, self.dim), np.float32)
+        embeddings = self.model.run_batches(texts, batch_size, lambda part: tokenize(self.tokenizer, part), "embeddings")
+        return embeddings.astype(np.float32, copy=False)

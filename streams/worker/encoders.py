@@ -37,8 +37,8 @@ class Encoders:
 
 
 def load_encoders(settings: Settings) -> Encoders:
-    text = TextEncoder(settings.model_dir, settings.providers, settings.precision)
-    image = ImageEncoder(settings.model_dir, settings.providers, settings.precision)
+    text = TextEncoder(settings.model_dir, settings.providers, settings.precision, settings.inference_parallel)
+    image = ImageEncoder(settings.model_dir, settings.providers, settings.precision, settings.inference_parallel)
     video = VideoEncoder(image, VideoLimits.from_settings(settings), settings.video_pooling, settings.batch_size)
     return Encoders(text, image, video, load_fusion(settings, text, image, video))
 
