@@ -137,10 +137,12 @@ class Stats:
     def __init__(self, window: int = 10_000) -> None:
         self.counts: Counter = Counter()
         self.freshness_ms: deque[float] = deque(maxlen=window)
+        self.last_batch_at: float | None = None  # wall clock: a benchmark times a stream's end by it
 
     def add(self, outcome: BatchOutcome) -> None:
         self.counts.update(outcome.counts)
         self.freshness_ms.extend(outcome.freshness_ms)
+        self.last_batch_at = time.time()
 
     def snapshot(self) -> dict:
         samples = np.asarray(self.freshness_ms, dtype=np.float64)
@@ -148,7 +150,7 @@ class Stats:
             {"freshness_p50_ms": float(np.percentile(samples, 50)), "freshness_p99_ms": float(np.percentile(samples, 99))}
             if samples.size else {"freshness_p50_ms": None, "freshness_p99_ms": None}
         )
-        return {"counts": dict(self.counts), **freshness}
+        return {"counts": dict(self.counts), **freshness, "last_batch_at": self.last_batch_at}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ breaks the pipeline on its own is dead-lettered alone and the rest of its batch 
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import pytest
 
@@ -102,3 +104,15 @@ def test_the_app_keeps_no_per_event_monitor_state(settings):
     assert monitor.events_total == 0 and monitor.messages_received_total == 0
     monitor.on_commit_completed(None, monitor.on_commit_initiated(None))
     assert len(monitor.commit_latency) == 1
+
+
+def test_status_says_when_the_last_batch_ended_by_the_wall_clock(settings, catalog):
+    worker = WorkerState(settings)
+    try:
+        assert worker.status()["last_batch_at"] is None
+        before = time.time()
+        worker.process(messages(*catalog[:3]))
+        after = time.time()
+        assert before <= worker.status()["last_batch_at"] <= after
+    finally:
+        worker.pipeline.close()
