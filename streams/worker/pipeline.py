@@ -303,13 +303,13 @@ class Pipeline:
         what is stored and the tombstones; per-product failures come back in ``failures``."""
         outcome = BatchOutcome()
         with self._applying:
-            current = self._current([e.product_id for e in events])
+            current, tombstoned = self._current([e.product_id for e in events])
             plan = plan_against(events, current, redo)
             outcome.counts["stale_skipped"] += plan.stale
             outcome.counts["duplicates"] += plan.duplicates
             self._delete(plan.deletes, outcome)
             if plan.upserts:
-                self._upsert(plan.upserts, current, outcome)
+                self._upsert(plan.upserts, current, tombstoned, outcome)
         now = time.time()
         outcome.freshness_ms.extend((now - e.event_time) * 1000.0 for e in [*plan.deletes, *plan.upserts])
         return outcome
@@ -336,13 +336,15 @@ class Pipeline:
         outcome.counts["media_retries"] += len(outcome.retries)
         return outcome
 
-    def _current(self, product_ids: list[str]) -> dict[str, StoredState]:
-        """What is stored or was deleted: a tombstone newer than the point wins."""
+    def _current(self, product_ids: list[str]) -> tuple[dict[str, StoredState], set[str]]:
+        """What is stored or was deleted (a tombstone newer than the point wins), and which of the
+        products have a tombstone."""
         current = self.store.states(product_ids)
-        for product_id, version in self.tombstones.versions(product_ids).items():
+        tombstones = self.tombstones.versions(product_ids)
+        for product_id, version in tombstones.items():
             if product_id not in current or version > current[product_id].version:
                 current[product_id] = StoredState(version)
-        return current
+        return current, set(tombstones)
 
     def _delete(self, deletes: Sequence[ProductEvent], outcome: BatchOutcome) -> None:
         if deletes:
@@ -351,8 +353,10 @@ class Pipeline:
             outcome.deleted.extend(e.product_id for e in deletes)
             outcome.counts["deleted"] += len(deletes)
 
-    def _upsert(self, upserts: Sequence[ProductEvent], current: Mapping[str, StoredState], outcome: BatchOutcome) -> None:
-        """Unchanged content: rewrite the payload only. Changed: encode (cache first), fuse, write."""
+    def _upsert(self, upserts: Sequence[ProductEvent], current: Mapping[str, StoredState], tombstoned: set[str],
+                outcome: BatchOutcome) -> None:
+        """Unchanged content: rewrite the payload only. Changed: encode (cache first), fuse, write.
+        The tombstones of re-created products go (a Redis round trip only when there are some)."""
         fetched = self._fetch(upserts)
         unchanged = [f for f in fetched if _stored_fingerprint(current, f) == f.fingerprint]
         changed = [f for f in fetched if _stored_fingerprint(current, f) != f.fingerprint]
@@ -365,7 +369,7 @@ class Pipeline:
             outcome.counts["payload_only"] += len(kept)
         encoded = self._encode(changed, outcome.counts)
         self._write(encoded)
-        self.tombstones.clear(e.product_id for e in upserts)
+        self.tombstones.clear(e.product_id for e in upserts if e.product_id in tombstoned)
         outcome.indexed.extend(e.product_id for e in upserts)
         outcome.counts["indexed"] += len(upserts)
         for product, failures in [*kept, *((e.fetched, e.failures) for e in encoded)]:

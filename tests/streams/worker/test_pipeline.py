@@ -102,6 +102,20 @@ def test_delete_removes_the_point_and_an_older_replay_cannot_resurrect_it(pipeli
     assert recreate.counts["indexed"] == 1 and pipeline.store.get(catalog[0].product_id) is not None
 
 
+def test_a_recreated_product_loses_its_tombstone_and_other_batches_touch_none(pipeline, catalog, monkeypatch):
+    pipeline.process(messages(*catalog[:2]))
+    pipeline.process([IncomingMessage(json.dumps({"op": "delete", "product_id": catalog[0].product_id, "version": 2}).encode())])
+    assert pipeline.tombstones.versions([catalog[0].product_id]) == {catalog[0].product_id: 2}
+    deleted: list[tuple] = []
+    delete = pipeline.tombstones.client.delete
+    monkeypatch.setattr(pipeline.tombstones.client, "delete", lambda *keys: deleted.append(keys) or delete(*keys))
+    pipeline.process(messages(catalog[1].derive(version=2, price=1.0)))  # no tombstone: no round trip
+    assert deleted == []
+    pipeline.process(messages(catalog[0].derive(version=3), catalog[1].derive(version=3, price=2.0)))
+    assert len(deleted) == 1 and len(deleted[0]) == 1  # only the re-created product's
+    assert pipeline.tombstones.versions([catalog[0].product_id]) == {}
+
+
 @pytest.mark.parametrize(
     "raw, reason",
     [
