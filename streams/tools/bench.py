@@ -69,7 +69,7 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
     warmup, measured, fresh = events[:WARMUP], events[WARMUP:WARMUP + n], events[WARMUP + n:]
 
     bench_settings = dataclasses.replace(settings, media_root=str(dataset))
-    say(f"[1/5] encoders alone on {n} products (batch {settings.batch_size}), fp32 and int8 side by side")
+    say(f"[1/6] encoders alone on {n} products (batch {settings.batch_size}), fp32 and int8 side by side")
     loaded = {p: load_encoders(dataclasses.replace(bench_settings, precision=p)) for p in PRECISIONS}
     precision_rates = measure_encoders(bench_settings, loaded, measured)
     encoders = loaded[settings.precision]
@@ -93,10 +93,10 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
             publish_events(bench_settings, warmup)
             worker.wait_until(lambda s: s["points"] >= WARMUP, 300, "the worker to join and index the warm-up")
 
-            say(f"[2/5] end to end: {n} new products through Kafka, Faust, Redis and Qdrant")
+            say(f"[2/6] end to end: {n} new products through Kafka, Faust, Redis and Qdrant")
             e2e_rate = _timed_rate(bench_settings, worker, measured, lambda s: s["points"] >= WARMUP + n)
 
-            say(f"[3/5] price-only updates: {PRICE_ROUNDS} rounds over the same {n} products")
+            say(f"[3/6] price-only updates: {PRICE_ROUNDS} rounds over the same {n} products")
             updates = [e.derive(version=1 + r, price=round((e.price or 100.0) * (1 - r / 100), 2))
                        for r in range(1, PRICE_ROUNDS + 1) for e in measured]
             indexed = WARMUP + n + len(updates)
@@ -105,7 +105,7 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
             encoded_on_update = encoded_count(worker.stats()) - encoded_before
 
             pace = e2e_rate / 2
-            say(f"[4/5] freshness: {len(fresh)} new products at a steady {pace:.0f}/s")
+            say(f"[4/6] freshness: {len(fresh)} new products at a steady {pace:.0f}/s")
             worker.stats_reset()
             with EventPublisher(bench_settings) as publisher:
                 for event in fresh:
@@ -113,12 +113,13 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
                     time.sleep(1.0 / pace)
             stats = worker.wait_until(lambda s: s["points"] >= WARMUP + n + len(fresh), 300, "the freshness products")
 
-            say("[5/5] shopper profiles: interaction burst, profile freshness under steady load, recommendations")
+            say("[5/6] shopper profiles: interaction burst, profile freshness under steady load, recommendations")
             profiles = bench_profiles(bench_settings, worker.wait_until, [e.product_id for e in measured])
     finally:
         stop_services(state_dir)
     # the encoders alone once more, now that the worker is gone: the end-to-end rate is compared
     # with the mean of before and after, so that the machine's drift over these minutes cancels
+    say(f"[6/6] encoders alone again on the same {n} products, the worker stopped")
     encoders_after = measure_encoders(bench_settings, {settings.precision: encoders}, measured)[settings.precision]
     encoder_rate = (precision_rates[settings.precision] + encoders_after) / 2
     return {
