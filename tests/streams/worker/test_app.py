@@ -54,8 +54,6 @@ def test_an_event_that_breaks_the_pipeline_is_dead_lettered_alone(settings, cata
 def test_status_never_shows_a_batchs_points_without_its_counts(settings, catalog, monkeypatch):
     """/stats reads counts and points together: a reader that looks while the batch's points are
     being written sees either neither or both (it waits for the batch)."""
-    import threading
-
     worker = WorkerState(settings)
     store = worker.pipeline.store
     upsert = store.upsert
