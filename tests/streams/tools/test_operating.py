@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -53,15 +54,19 @@ def test_wait_status_and_down_with_a_real_worker(settings: Settings, catalog, tm
     try:
         own = Settings.from_env()
         assert own.kafka_bootstrap != settings.kafka_bootstrap
-        worker = WorkerProcess(own, tmp_path / "worker.log")
-        worker.start()
-        [record] = recorded_workers(own.state_path)
-        assert record.pid == worker.process.pid and record.url == own.worker_url
-
+        # Published before the worker starts, and `wait` reading its targets while the worker
+        # is still starting (seconds): with a running worker the 20 events could all be indexed
+        # before `wait` looked, and it would rightly say it waited for 0.
         products = catalog[:20]
         publish_events(own, products)
         capsys.readouterr()
-        assert main(["wait", "--timeout", "300"]) == 0
+        worker = WorkerProcess(own, tmp_path / "worker.log")
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(main, ["wait", "--timeout", "300"])
+            worker.start()
+            assert waiting.result() == 0
+        [record] = recorded_workers(own.state_path)
+        assert record.pid == worker.process.pid and record.url == own.worker_url
         assert worker.stats()["points"] == len(products)  # `wait` returned only once all were in the store
         assert "20 events indexed" in capsys.readouterr().err
 
