@@ -115,9 +115,9 @@ def local_path(uri: str) -> str | None:
 class LocalDigests:
     """The sha256 of local media files read before, by file identity (device, inode, size, and
     modification and change times in ns: any write moves the change time, which no user can set
-    back), so that an unchanged photo is opened and stat-ed but not read and hashed again, as a
-    price update would otherwise do for every product. The open is the same checked open as a
-    read's. Bounded: the least recently used identities go first."""
+    back), so that an unchanged photo is stat-ed but not opened, read and hashed again, as a price
+    update would otherwise do for every product. Bounded: the least recently used identities go
+    first."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
@@ -125,20 +125,29 @@ class LocalDigests:
         self._lock = threading.Lock()
 
     def known(self, path: str, limits: MediaLimits) -> str | None:
-        """The digest of ``path`` if it is unchanged since it was last read here, else None."""
-        if path not in self._known:  # never read: no need to open it twice
+        """The digest of ``path`` if it is the very file read here before, unchanged since; else
+        None, and the caller reads it through the checked open, which reports what is wrong. A
+        plain stat is enough (~5 us against ~50 us for the checked open): nothing is read here,
+        and a matching identity is a file that a checked read already hashed, wherever the path
+        leads now (a swapped-in symlink or a replaced file has another identity)."""
+        where = os.path.join(str(limits.media_root), path)
+        if where not in self._known:  # never read: no need to look twice
             return None
-        with _open_local(path, limits) as (_, info):
-            return self._lookup(path, _identity(info))
+        try:
+            info = os.stat(where)
+        except (OSError, ValueError):
+            return None
+        return self._lookup(where, _identity(info)) if info.st_size <= limits.max_bytes else None
 
     def read(self, path: str, limits: MediaLimits) -> tuple[bytes, str]:
         """The file's bytes and their digest, remembered by the identity of the file read."""
         with _open_local(path, limits) as (file, info):
             data = _read_bounded(file, path, limits)
         digest = content_hash(data)
+        where = os.path.join(str(limits.media_root), path)
         with self._lock:
-            self._known[path] = (_identity(info), digest)
-            self._known.move_to_end(path)
+            self._known[where] = (_identity(info), digest)
+            self._known.move_to_end(where)
             while len(self._known) > self.max_entries:
                 self._known.popitem(last=False)
         return data, digest

@@ -126,15 +126,19 @@ def test_local_digests_are_known_until_the_file_changes(root):
     assert digests.read(path, bounds)[1] == content_hash(bytes(reversed(JPEG))) == digests.known(path, bounds)
 
 
-def test_local_digests_check_like_a_read_and_stay_bounded(root):
+def test_local_digests_know_only_the_file_read_and_stay_bounded(root):
     digests, bounds = media.LocalDigests(max_entries=1), limits(root)
     fails("outside_media_root", digests.read, "../secret.txt", bounds)
     fails("too_large", digests.read, "sub/a.jpg", limits(root, max_bytes=10))
+    assert digests.known("../secret.txt", bounds) is None and digests.known("sub/a.jpg", bounds) is None
     digests.read("sub/a.jpg", bounds)
+    assert digests.known("sub/a.jpg", limits(root, max_bytes=10)) is None  # over these limits: the read says so
     (root / "sub" / "a.jpg").unlink()
-    fails("not_found", digests.known, "sub/a.jpg", bounds)
+    assert digests.known("sub/a.jpg", bounds) is None
+    fails("not_found", digests.read, "sub/a.jpg", bounds)
     (root / "sub" / "a.jpg").symlink_to(root.parent / "secret.txt")  # swapped for an escape after a read
-    fails("outside_media_root", digests.known, "sub/a.jpg", bounds)
+    assert digests.known("sub/a.jpg", bounds) is None  # another file's identity: never its digest
+    fails("outside_media_root", digests.read, "sub/a.jpg", bounds)
     (root / "b.jpg").write_bytes(JPEG)
     (root / "c.jpg").write_bytes(JPEG)
     digests.read("b.jpg", bounds)
