@@ -4,6 +4,7 @@ match torch."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from encoders_onnx.fusion import FusionModel  # noqa: E402
 from encoders_onnx.session import l2_normalize  # noqa: E402
 from exporters.features import Features  # noqa: E402
 from exporters.metrics import item_to_item, text_to_image  # noqa: E402
-from exporters.train import TrainConfig, export_bundle, fit  # noqa: E402
+from exporters.train import TrainConfig, export_bundle, fit, fit_heads, seed_everything  # noqa: E402
 
 
 def test_csv_catalog_through_a_mapping(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_split_is_deterministic_disjoint_and_stable_under_growth(tmp_path: Path)
     assert {catalog.ids[i] for i in catalog.split(seed=1)["test"]} != named["test"]
 
 
-SMALL = TrainConfig(shared_dim=32, hidden=64, fused_dim=32, batch_size=64, max_epochs=5, patience=2, ae_bottleneck=32)
+SMALL = TrainConfig(shared_dim=32, hidden=64, fused_dim=32, batch_size=64, head_batch_size=64, max_epochs=5, patience=2, ae_bottleneck=32)
 
 
 def synthetic(n: int = 500, classes: int = 12, seed: int = 0) -> tuple[Features, np.ndarray, dict[str, np.ndarray]]:
@@ -123,10 +124,12 @@ def test_training_learns_alignment_and_fusion_beats_chance() -> None:
     assert trained.history["fusion"]["val_score"] > 3 / 12  # p@10 on 12 balanced classes: chance ~ 1/12
 
 
-def test_exported_bundle_matches_torch_and_handles_missing_modalities(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [SMALL, dataclasses.replace(SMALL, head_hidden=16, autoencoder="cross_modal")],
+                         ids=["linear-heads-joint-autoencoder", "mlp-heads-cross-modal-autoencoder"])
+def test_exported_bundle_matches_torch_and_handles_missing_modalities(tmp_path: Path, config: TrainConfig) -> None:
     features, labels, split = synthetic()
-    trained = fit(features, labels, split, SMALL, seed=0)
-    bundle = export_bundle(trained, features, tmp_path, SMALL, {"seed": 0})
+    trained = fit(features, labels, split, config, seed=0)
+    bundle = export_bundle(trained, features, tmp_path, config, {"seed": 0})
     for name in ("text_head", "image_head", "fusion", "autoencoder"):
         manifest = json.loads((tmp_path / f"{name}.manifest.json").read_text())
         assert manifest["max_abs_diff"] <= 1e-4
@@ -146,3 +149,35 @@ def test_exported_bundle_matches_torch_and_handles_missing_modalities(tmp_path: 
     fused = model.fuse_arrays(text=test.vectors["text"], image=test.vectors["image"], present_mask=mask)
     assert fused.present.all() and fused.vectors.shape == (len(mask), 32)
     assert item_to_item(fused.vectors, labels[split["test"]])["p@10"] > 2 / 12
+
+
+def test_cross_modal_autoencoder_rebuilds_a_hidden_modality_better_than_chance() -> None:
+    import torch
+
+    features, labels, split = synthetic()
+    trained = fit(features, labels, split, dataclasses.replace(SMALL, autoencoder="cross_modal"), seed=0)
+    test = features.rows(split["test"])
+    has = test.present["image"]
+    text, image = (torch.from_numpy(test.vectors[m][has]) for m in ("text", "image"))
+    title_only = torch.tensor([[1.0, 0.0]]).expand(len(text), 2)
+    with torch.no_grad():
+        rebuilt_image = trained.autoencoder.decode(trained.autoencoder.encode([text, torch.zeros_like(image)], title_only))[1]
+    # Each product's image rebuilt from its title alone finds its own image well above chance.
+    recall = text_to_image(l2_normalize(rebuilt_image.numpy()), image.numpy())["recall@10"]
+    assert recall > 3 * 10 / len(text)
+
+
+def test_adversarial_alignment_shrinks_the_modality_gap_and_keeps_the_pairs() -> None:
+    features, labels, split = synthetic()
+    train, val, test = (features.rows(split[p]) for p in ("train", "val", "test"))
+    both = test.present["image"]
+    gaps, recalls = {}, {}
+    for weight in (0.0, 1.0):
+        config = dataclasses.replace(SMALL, adversarial_weight=weight, max_epochs=8, patience=8)
+        heads, _ = fit_heads(train, val, labels[split["train"]], config, seed_everything(0, config.threads))
+        z = {m: heads.heads[m](__import__("torch").from_numpy(test.vectors[m][both])).detach().numpy()
+             for m in ("text", "image")}
+        gaps[weight] = float(np.linalg.norm(z["text"].mean(axis=0) - z["image"].mean(axis=0)))
+        recalls[weight] = text_to_image(z["text"], z["image"])["recall@10"]
+    assert gaps[1.0] < 0.5 * gaps[0.0], gaps
+    assert recalls[1.0] > 3 * 10 / both.sum(), recalls
