@@ -168,6 +168,15 @@ def reverse_gradient(x: Tensor, weight: float) -> Tensor:
     return _ReverseGradient.apply(x, weight)
 
 
+def modality_adversarial(projected: Sequence[Tensor], discriminator: ModalityDiscriminator, weight: float) -> Tensor:
+    """Cross-entropy of the discriminator guessing each vector's modality (``projected[i]``: the
+    vectors of modality i). Through :func:`reverse_gradient`, minimizing it trains the
+    discriminator to tell the modalities apart and the heads to hide them, by ``weight``."""
+    pooled = torch.cat(list(projected))
+    source = torch.cat([torch.full((len(z),), i, device=pooled.device) for i, z in enumerate(projected)])
+    return F.cross_entropy(discriminator(reverse_gradient(pooled, weight)), source)
+
+
 class ProjectAndFuse(nn.Module):
     """Exported fusion graph: raw encoder vectors + ``present`` (columns in ``fusion.modalities`` order) -> fused.
 

@@ -49,7 +49,7 @@ from exporters.heads import (
     ProjectAndFuse,
     info_nce,
     masked_reconstruction,
-    reverse_gradient,
+    modality_adversarial,
     supervised_contrastive,
 )
 from exporters.metrics import bundle_metrics, item_to_item, split_labels, text_to_image
@@ -145,11 +145,8 @@ def fit_heads(
             pooled_y = torch.cat([y[batch][r] for r in rows])
             terms.append(config.head_supcon_weight * supervised_contrastive(pooled, pooled_y, config.supcon_temperature))
         if config.adversarial_weight:
-            rows = [has[m][batch] for m in modalities]
-            pooled = torch.cat([z[m][r] for m, r in zip(modalities, rows)])
-            source = torch.cat([torch.full((int(r.sum()),), i) for i, r in enumerate(rows)])
-            logits = trainable["discriminator"](reverse_gradient(pooled, config.adversarial_weight))
-            terms.append(nn.functional.cross_entropy(logits, source))
+            projected = [z[m][has[m][batch]] for m in modalities]
+            terms.append(modality_adversarial(projected, trainable["discriminator"], config.adversarial_weight))
         return torch.stack(terms).sum()
 
     def score() -> float:

@@ -8,7 +8,14 @@ torch = pytest.importorskip("torch")
 
 from torch.nn import functional as F  # noqa: E402
 
-from exporters.heads import CrossModalAutoencoder, info_nce, reverse_gradient  # noqa: E402
+from exporters.heads import (  # noqa: E402
+    CrossModalAutoencoder,
+    ModalityDiscriminator,
+    ProjectionHead,
+    info_nce,
+    modality_adversarial,
+    reverse_gradient,
+)
 
 
 def _negative_gradients(beta: float) -> torch.Tensor:
@@ -50,6 +57,33 @@ def test_the_reversed_gradient_has_the_opposite_sign_and_the_given_weight() -> N
     assert torch.equal(y, x.detach())
     (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
     assert torch.equal(x.grad, torch.tensor([-0.5, -1.0, -1.5]))
+
+
+def test_the_adversarial_loss_trains_the_discriminator_and_reverses_the_heads_gradient() -> None:
+    torch.manual_seed(0)
+    text, image = torch.randn(64, 8) + 1.0, torch.randn(64, 8) - 1.0
+    heads = torch.nn.ModuleList([ProjectionHead(8, 4), ProjectionHead(8, 4)])
+    discriminator = ModalityDiscriminator(4, 2, hidden=16)
+
+    def loss(weight: float) -> torch.Tensor:
+        return modality_adversarial([heads[0](text), heads[1](image)], discriminator, weight)
+
+    def gradients(weight: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        heads.zero_grad()
+        discriminator.zero_grad()
+        loss(weight).backward()
+        return [p.grad.clone() for p in heads.parameters()], [p.grad.clone() for p in discriminator.parameters()]
+
+    heads_reversed, disc_reversed = gradients(0.5)
+    heads_plain, disc_plain = gradients(-1.0)  # a weight of -1 is no reversal at all
+    assert all(torch.allclose(r, -0.5 * p) for r, p in zip(heads_reversed, heads_plain))
+    assert all(torch.equal(r, p) for r, p in zip(disc_reversed, disc_plain))
+    # A descent step on the reversed gradient makes the heads harder to tell apart.
+    before = float(loss(1.0))
+    with torch.no_grad():
+        for param, grad in zip(heads.parameters(), heads_reversed):
+            param -= 0.05 * grad
+    assert float(loss(1.0)) > before
 
 
 def test_cross_modal_code_is_the_mean_of_the_shown_modalities() -> None:
