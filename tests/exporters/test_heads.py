@@ -79,11 +79,11 @@ def test_the_adversarial_loss_trains_the_discriminator_and_reverses_the_heads_gr
     assert all(torch.allclose(r, -0.5 * p) for r, p in zip(heads_reversed, heads_plain))
     assert all(torch.equal(r, p) for r, p in zip(disc_reversed, disc_plain))
     # A descent step on the reversed gradient makes the heads harder to tell apart.
-    before = float(loss(1.0))
+    before = loss(1.0).item()
     with torch.no_grad():
         for param, grad in zip(heads.parameters(), heads_reversed):
             param -= 0.05 * grad
-    assert float(loss(1.0)) > before
+    assert loss(1.0).item() > before
 
 
 def test_cross_modal_code_is_the_mean_of_the_shown_modalities() -> None:
