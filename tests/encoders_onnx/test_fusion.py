@@ -27,7 +27,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {"text": "text-v1", "image": "image-v1"},
     )
     split = {"train": np.arange(0, 96), "val": np.arange(96, 108), "test": np.arange(108, 120)}
-    config = TrainConfig(shared_dim=8, hidden=16, fused_dim=6, batch_size=32, max_epochs=2, patience=1, ae_bottleneck=5)
+    config = TrainConfig(shared_dim=8, hidden=16, fused_dim=6, batch_size=32, head_batch_size=32, max_epochs=2, patience=1, ae_bottleneck=5)
     out = tmp_path_factory.mktemp("bundle")
     export_bundle(fit(features, rng.integers(0, 4, n), split, config), features, out, config, {})
     return out

@@ -76,7 +76,7 @@ def test_train_and_evaluate_end_to_end_on_a_myntra_subset(tmp_path: Path, model_
         writer.writerows(subset)
     mapping = CatalogMapping(title="productDisplayName", fine=("articleType",), coarse=("masterCategory", "subCategory"),
                              image="images/{id}.jpg", media_root=str(MYNTRA))
-    config = TrainConfig(shared_dim=32, hidden=64, fused_dim=32, batch_size=64, max_epochs=3, patience=1, ae_bottleneck=32)
+    config = TrainConfig(shared_dim=32, hidden=64, fused_dim=32, batch_size=64, head_batch_size=64, max_epochs=3, patience=1, ae_bottleneck=32)
     cache = tmp_path / "features"
     bundle = train(catalog, mapping, model_dir, tmp_path / "fusion", seed=0, config=config, cache_dir=cache)
     assert (tmp_path / "fusion" / "bundle.json").is_file()
@@ -118,7 +118,7 @@ def test_another_retailers_catalog_needs_a_mapping_not_code(tmp_path: Path, mode
     mapping_file.write_text(json.dumps({"id": "sku", "title": "name", "fine": ["path"], "coarse": ["path[:1]"],
                                         "image": "photo", "media_root": str(tmp_path / "media")}))
     mapping = CatalogMapping.from_dict(json.loads(mapping_file.read_text()))
-    config = TrainConfig(shared_dim=32, hidden=64, fused_dim=32, batch_size=64, max_epochs=3, patience=1, ae_bottleneck=32)
+    config = TrainConfig(shared_dim=32, hidden=64, fused_dim=32, batch_size=64, head_batch_size=64, max_epochs=3, patience=1, ae_bottleneck=32)
     bundle = train(tmp_path / "catalog.jsonl", mapping, model_dir, tmp_path / "fusion", seed=0, config=config,
                    cache_dir=tmp_path / "features")
     assert bundle["training_data"]["products"] == len(subset)
