@@ -128,7 +128,13 @@ class EventPublisher:
         self.producer.poll(0)
 
     def close(self, timeout_s: float = 60.0) -> None:
-        remaining = self.producer.flush(timeout_s)
+        """Wait for every acknowledgement, then stop the producer's threads and connections now:
+        a publisher still referenced (a caller's local) otherwise keeps them, and reconnects to a
+        broker that is gone, until the garbage collector finds it."""
+        try:
+            remaining = self.producer.flush(timeout_s)
+        finally:
+            self.producer.close()
         if remaining or self.failures:
             raise RuntimeError(f"{remaining} events undelivered, {len(self.failures)} failed: {self.failures[:3]}")
 

@@ -365,3 +365,22 @@ def test_publish_exits_non_zero_when_every_row_is_rejected(services, myntra, tmp
         assert main(["publish", str(path), "--mapping", str(MYNTRA_MAPPING)]) == 1
     err = capsys.readouterr().err
     assert "every row was rejected (3; first row 1: field 'price' must be a number, got 'n/a')" in err
+
+
+def test_a_closed_publisher_has_delivered_everything_and_holds_no_producer(services, tmp_path):
+    """``close`` releases the producer at once: a publisher left referenced (a caller's local)
+    must not keep a client that reconnects to a broker that is gone (the benchmark's did)."""
+    from streams.adapters.kafka import read_topic
+    from streams.tools.publish import EventPublisher
+
+    run = uuid.uuid4().hex[:10]
+    settings = Settings.from_env(env={}, kafka_bootstrap=services["kafka_bootstrap"], redis_url=services["redis_url"],
+                                 state_dir=str(tmp_path / "state"), events_topic=f"t-{run}", partitions=1)
+    publisher = EventPublisher(settings)
+    for i in range(3):
+        publisher.send(f"p{i}".encode(), b"{}")
+    publisher.close()
+
+    assert sorted(r.key for r in read_topic(settings, settings.events_topic, expected=3, timeout_s=30)) == [b"p0", b"p1", b"p2"]
+    with pytest.raises(RuntimeError, match="closed"):
+        publisher.send(b"p3", b"{}")
