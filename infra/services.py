@@ -324,6 +324,13 @@ def _proc_start(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds the process has used so far (Linux /proc); None once it is gone.
+    The benchmark reads it for the worker and each service to say where the cores went."""
+    fields = _proc_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else None
+
+
 def _alive(pid: int) -> bool:
     """Running and not a zombie; reaps the pid when it is our own exited child."""
     with contextlib.suppress(ChildProcessError):

@@ -19,6 +19,7 @@ Phases, each on products the previous phases did not see:
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from encoders_onnx.decoding import load_image
 from encoders_onnx.image import ImageEncoder
 from encoders_onnx.session import FP32, INT8, PRECISIONS
 from encoders_onnx.video import Pooling, VideoEncoder, VideoLimits
+from infra.services import cpu_seconds
 from streams.adapters.cache import FeatureCache
 from streams.adapters.media import MediaLimits, fetch_bytes
 from streams.schema.events import ProductEvent
@@ -94,7 +96,10 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
             worker.wait_until(lambda s: s["points"] >= WARMUP, 300, "the worker to join and index the warm-up")
 
             say(f"[2/6] end to end: {n} new products through Kafka, Faust, Redis and Qdrant")
-            e2e_rate = _timed_rate(bench_settings, worker, measured, lambda s: s["points"] >= WARMUP + n)
+            processes = {"worker": worker.pid, "bench": os.getpid(),
+                         **{name: record["pid"] for name, record in services["services"].items()}}
+            with CoresBusy(processes) as e2e_cores:
+                e2e_rate = _timed_rate(bench_settings, worker, measured, lambda s: s["points"] >= WARMUP + n)
 
             say(f"[3/6] price-only updates: {PRICE_ROUNDS} rounds over the same {n} products")
             updates = [e.derive(version=1 + r, price=round((e.price or 100.0) * (1 - r / 100), 2))
@@ -133,6 +138,7 @@ def run_bench(settings: Settings, dataset: Path | None, n: int, quiet: bool = Fa
         "int8_over_fp32": round(precision_rates[INT8] / precision_rates[FP32], 2),
         "e2e_items_per_s": round(e2e_rate, 1),
         "e2e_over_encoder": round(e2e_rate / encoder_rate, 3),
+        "e2e_cores_busy": e2e_cores.shares,
         "naive_items_per_s": round(naive_rate, 1),
         "speedup_over_naive": round(e2e_rate / naive_rate, 2),
         "price_update_items_per_s": round(update_rate, 1),
@@ -185,11 +191,29 @@ def _timed_rate(settings: Settings, worker: WorkerProcess, events: list[ProductE
     return len(events) / (stats["last_batch_at"] - started)
 
 
+class CoresBusy:
+    """Cores each process kept busy, on average, over the ``with`` block's wall time: where the
+    machine's two cores went during the end-to-end phase (the encoders alone have both)."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self.shares: dict[str, float] = {}
+
+    def __enter__(self) -> "CoresBusy":
+        self._before = {name: cpu_seconds(pid) or 0.0 for name, pid in self.pids.items()}
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._started
+        self.shares = {name: round(((cpu_seconds(pid) or 0.0) - self._before[name]) / wall, 2)
+                       for name, pid in self.pids.items()}
+
+
 def _machine() -> str:
     """Architecture, CPU model and its int8 dot-product instructions (VNNI, AMX): without them
     onnxruntime's int8 kernels gain far less over fp32 (measured: 2.0x with AVX-512 VNNI, 1.4x
     on AVX2 alone), so an ``int8_over_fp32`` means little without this line."""
-    import os
     import platform
 
     model, flags = cpu_info()

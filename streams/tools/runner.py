@@ -117,6 +117,12 @@ class WorkerProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("the worker process is not started")
+        return self.process.pid
+
     def start(self, timeout_s: float = 120.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.settings.to_env()}

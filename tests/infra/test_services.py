@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -246,3 +247,16 @@ def _processes_in(directory: Path) -> list[int]:
             if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == directory and _running(int(proc.name)):
                 pids.append(int(proc.name))
     return pids
+
+
+def test_cpu_seconds_counts_a_processs_work_and_none_once_it_is_gone() -> None:
+    from infra.services import cpu_seconds
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass"])
+    busy.wait(timeout=DEADLINE_S)
+    own_before = cpu_seconds(os.getpid())
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    assert cpu_seconds(os.getpid()) - own_before >= 0.25  # clock ticks: 10 ms each
+    assert cpu_seconds(busy.pid) is None  # exited and reaped
