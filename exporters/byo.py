@@ -32,6 +32,7 @@ from encoders_onnx.image import IMAGE_MODEL
 from encoders_onnx.session import INT8, file_sha256, model_name
 from encoders_onnx.text import TEXT_MODEL, load_tokenizer, tokenize
 from exporters.onnx_export import atomic_write, export_onnx
+from exporters.quantize import remove_int8
 
 TOKENIZER_FILE = "tokenizer.json"
 _SAMPLE_TITLES = ["Nike Men Red Running Shoes", "Puma Women Black Printed T-shirt, cotton, regular fit", "a bag"]
@@ -111,7 +112,7 @@ def export_image_model(
         {"pixel_values": {0: "batch"}, "features": {0: "batch"}}, model_dir, IMAGE_MODEL, source,
         extra={"preprocessing": preprocessing.as_manifest(), "features_normalized": False, "bring_your_own": True},
     )
-    _remove_stale_int8(Path(model_dir), IMAGE_MODEL)
+    remove_int8(Path(model_dir), IMAGE_MODEL)
     return manifest
 
 
@@ -140,7 +141,7 @@ def export_text_model(
             "assets": [TOKENIZER_FILE],
         },
     )
-    _remove_stale_int8(model_dir, TEXT_MODEL)
+    remove_int8(model_dir, TEXT_MODEL)
     return manifest
 
 
@@ -184,13 +185,6 @@ def export_user_model(
             raise ValueError("--modality text --factory needs --tokenizer tokenizer.json")
         return export_text_model(module, tokenizer, model_dir, source, max_length)
     raise ValueError(f"--modality must be {IMAGE_MODEL} or {TEXT_MODEL}, not {modality!r}")
-
-
-def _remove_stale_int8(model_dir: Path, modality: str) -> None:
-    """The int8 model quantized from the replaced fp32 one (manifest first: it is what counts)."""
-    name = model_name(modality, INT8)
-    for suffix in (".manifest.json", ".onnx"):
-        (model_dir / f"{name}{suffix}").unlink(missing_ok=True)
 
 
 def parse_floats(value: str, count: int = 3) -> tuple[float, ...]:

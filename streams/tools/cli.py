@@ -322,7 +322,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
         return
     from exporters.encoders import export_all
 
-    for manifest in export_all(settings.model_dir, force=args.force):
+    for manifest in export_all(settings.model_dir, force=args.force, image_statistics=settings.image_statistics):
         print(f"{manifest['name']}: version {manifest['version']} in {settings.model_dir}")
 
 

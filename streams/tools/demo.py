@@ -32,7 +32,7 @@ VIDEO_PRODUCTS = 20  # products that get a generated clip (no real product video
 DEMO_PRECISION = INT8
 
 
-def ensure_exported(model_dir: Path, precision: str = FP32) -> None:
+def ensure_exported(model_dir: Path, precision: str = FP32, image_statistics: float = 0.0) -> None:
     """Export the encoders if they are missing; torch (the export extra) is imported only then."""
     if all(exported_manifest(model_dir, model_name(name, precision)) for name in (TEXT_MODEL, IMAGE_MODEL)):
         return
@@ -41,7 +41,7 @@ def ensure_exported(model_dir: Path, precision: str = FP32) -> None:
     except ImportError as exc:
         raise RuntimeError(f"no exported models in {model_dir} and no torch to export them ({exc}): "
                            "pip install -e '.[export]' and run `shelfstream export`") from None
-    ensure_models(model_dir)
+    ensure_models(model_dir, image_statistics)
 
 
 def run_demo(settings: Settings, catalog: Path = CATALOG) -> int:
@@ -50,7 +50,7 @@ def run_demo(settings: Settings, catalog: Path = CATALOG) -> int:
     state_dir = settings.state_path / "demo"
     shutil.rmtree(state_dir / "qdrant", ignore_errors=True)
     precision = settings.precision if is_set("precision") else DEMO_PRECISION
-    ensure_exported(Path(settings.model_dir), precision)
+    ensure_exported(Path(settings.model_dir), precision, settings.image_statistics)
     print(f"starting embedded services in {state_dir}; encoders at {precision}")
     services = start_services(state_dir)
     demo = dataclasses.replace(
