@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from encoders_onnx.image import ImageEncoder
+from encoders_onnx.session import ModelNotExportedError
 from exporters.encoders import _up_to_date, export_all
 from exporters.torch_models import STATISTICS_BLOCKS, MobileNetV2WithStatistics, load_mobilenet_v2
 
@@ -73,3 +74,5 @@ def test_export_with_statistics_is_a_new_fp32_image_version_without_int8(model_d
     vectors = encoder.encode([Image.new("RGB", (300, 400), "red"), Image.new("RGB", (300, 400), "navy")])
     assert encoder.dim == 1280 + STATISTICS and vectors.shape == (2, encoder.dim)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ModelNotExportedError, match="fp32 only"):
+        ImageEncoder(tmp_path, "cpu", "int8")
