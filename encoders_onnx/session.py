@@ -131,14 +131,14 @@ class OnnxModel:
         self.path = self.model_dir / f"{name}.onnx"
         manifest_path = self.model_dir / f"{name}.manifest.json"
         missing = [p for p in (self.path, manifest_path) if not p.is_file()]
-        fp32 = exported_manifest(self.model_dir, name.removesuffix(f".{INT8}")) if name.endswith(f".{INT8}") else None
-        if missing and fp32 is not None and fp32["extra"].get("statistics"):
-            raise ModelNotExportedError(
-                f"model {name!r} does not exist: the image model in {self.model_dir} carries colour and texture "
-                "statistics, which run at fp32 only (SHELFSTREAM_PRECISION=fp32, or export it without "
-                "SHELFSTREAM_IMAGE_STATISTICS)"
-            )
         if missing:
+            fp32 = exported_manifest(self.model_dir, name.removesuffix(f".{INT8}")) if name.endswith(f".{INT8}") else None
+            if fp32 is not None and fp32["extra"].get("statistics"):
+                raise ModelNotExportedError(
+                    f"model {name!r} does not exist: the image model in {self.model_dir} carries colour and texture "
+                    "statistics, which run at fp32 only (SHELFSTREAM_PRECISION=fp32, or export it without "
+                    "SHELFSTREAM_IMAGE_STATISTICS)"
+                )
             raise ModelNotExportedError(
                 f"model {name!r} is not exported: missing {', '.join(str(p) for p in missing)}. "
                 f"Run `SHELFSTREAM_MODEL_DIR={self.model_dir} shelfstream export` (needs the [export] extra: torch); "
