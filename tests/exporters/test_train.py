@@ -19,7 +19,7 @@ from encoders_onnx.fusion import FusionModel  # noqa: E402
 from encoders_onnx.session import l2_normalize  # noqa: E402
 from exporters.features import Features  # noqa: E402
 from exporters.metrics import item_to_item, text_to_image  # noqa: E402
-from exporters.train import TrainConfig, export_bundle, fit  # noqa: E402
+from exporters.train import TrainConfig, export_bundle, fit, neighbour_banks  # noqa: E402
 
 
 def test_csv_catalog_through_a_mapping(tmp_path: Path) -> None:
@@ -127,6 +127,8 @@ def test_training_learns_alignment_and_fusion_beats_chance() -> None:
 @pytest.mark.parametrize("config", [SMALL, dataclasses.replace(SMALL, head_hidden=16, autoencoder="cross_modal")],
                          ids=["linear-heads-joint-autoencoder", "mlp-heads-cross-modal-autoencoder"])
 def test_exported_bundle_matches_torch_and_handles_missing_modalities(tmp_path: Path, config: TrainConfig) -> None:
+    import torch
+
     features, labels, split = synthetic()
     trained = fit(features, labels, split, config, seed=0)
     bundle = export_bundle(trained, features, tmp_path, config, {"seed": 0})
@@ -138,7 +140,7 @@ def test_exported_bundle_matches_torch_and_handles_missing_modalities(tmp_path: 
 
     model = FusionModel(tmp_path, providers="cpu")
     test = features.rows(split["test"])
-    torch_z = {m: trained.heads.heads[m](__import__("torch").from_numpy(test.vectors[m])).detach().numpy()
+    torch_z = {m: trained.banks[m](trained.heads.heads[m](torch.from_numpy(test.vectors[m]))).detach().numpy()
                for m in ("text", "image")}
     z = model.project(text=test.vectors["text"], image=test.vectors["image"])
     assert z["video"] is None
@@ -166,3 +168,34 @@ def test_cross_modal_autoencoder_rebuilds_a_hidden_modality_better_than_chance()
     recall = text_to_image(l2_normalize(rebuilt_image.numpy()), image.numpy())["recall@10"]
     assert recall > 3 * 10 / len(text)
 
+
+
+def test_neighbour_banks_hold_the_train_products_that_have_another_modality() -> None:
+    import torch
+
+    present = {"text": np.array([True, True, True, False]), "image": np.array([True, False, True, True])}
+    projected = {"text": l2_normalize(np.arange(8, dtype=np.float32).reshape(4, 2) + 1),
+                 "image": l2_normalize(np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], np.float32))}
+    generator = torch.Generator().manual_seed(0)
+    banks = neighbour_banks(projected, present, dataclasses.replace(SMALL, neighbours=5), generator)
+    # Products 0 and 2 have both: each modality's keys are its own rows, values the other's.
+    for m, other in (("text", "image"), ("image", "text")):
+        np.testing.assert_allclose(banks[m].keys.numpy(), projected[m][[0, 2]], atol=1e-6)
+        np.testing.assert_allclose(banks[m].values.numpy(), projected[other][[0, 2]], atol=1e-6)
+        assert banks[m].neighbours == 2  # never more than the bank holds
+    capped = neighbour_banks(projected, present, dataclasses.replace(SMALL, neighbour_rows=1), generator)
+    assert len(capped["text"].keys) == 1 and capped["text"].keys[0].tolist() in projected["text"][[0, 2]].tolist()
+    assert neighbour_banks({"text": projected["text"]}, {"text": present["text"]}, SMALL, generator) == {}
+
+
+def test_no_neighbours_serves_the_plain_heads(tmp_path: Path) -> None:
+    import torch
+
+    features, labels, split = synthetic()
+    config = dataclasses.replace(SMALL, neighbours=0)
+    trained = fit(features, labels, split, config, seed=0)
+    assert trained.banks == {}
+    export_bundle(trained, features, tmp_path, config, {"seed": 0})
+    test = features.rows(split["test"])
+    z = FusionModel(tmp_path, providers="cpu").project(text=test.vectors["text"])["text"]
+    np.testing.assert_allclose(z, trained.heads.heads["text"](torch.from_numpy(test.vectors["text"])).detach().numpy(), atol=1e-5)
