@@ -89,7 +89,7 @@ class TrainConfig:
     neighbour_scale: float = 20.0
     neighbour_weight: float = 0.5
     # At most this many train products per bank (a seeded sample beyond): each costs 2 KB in the
-    # exported head and 0.26 MFLOP a projection (Myntra's 35k: 73 MB a head, ~0.5 ms a product).
+    # exported head and 256 multiply-adds a projection (Myntra's 35k: 73 MB a head, ~0.3 ms a product).
     neighbour_rows: int = 65536
     threads: int = 2
 
