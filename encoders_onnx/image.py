@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -19,21 +19,56 @@ IMAGE_MODEL = "image"
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
+class ImagePreprocessing:
+    """torchvision's Resize + CenterCrop + ToTensor + Normalize, from a manifest's
+    ``preprocessing`` dict: one place for the pixels an image model sees, at export and at serving."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.resize_shorter: int = settings["resize_shorter"]
+        self.interpolation = _INTERPOLATION[settings["interpolation"]]
+        self.crop: int = settings["center_crop"]
+        # ToTensor (x scale) then Normalize ((x - mean) / std) as one multiply-add per channel
+        mean = np.array(settings["mean"], np.float32).reshape(3, 1, 1)
+        std = np.array(settings["std"], np.float32).reshape(3, 1, 1)
+        self._gain = (np.float32(settings["scale"]) / std).astype(np.float32)
+        self._offset = (-mean / std).astype(np.float32)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """One image -> (3, crop, crop) float32."""
+        pixels = np.empty((3, self.crop, self.crop), np.float32)
+        self.into(image, pixels)
+        return pixels
+
+    def into(self, image: Image.Image, out: np.ndarray) -> None:
+        """The pixels written into ``out``. Only the region the crop keeps is resized (PIL's
+        ``box``: the same source coordinates and filter as resizing the whole image, then
+        cropping), and ToTensor + Normalize are one multiply-add from the bytes into ``out``."""
+        image = image.convert("RGB")
+        width, height = image.size
+        short, long = sorted((width, height))
+        size = (width, height)
+        if short != self.resize_shorter:  # torchvision leaves an image already at size untouched
+            new_long = int(self.resize_shorter * long / short)
+            size = (self.resize_shorter, new_long) if width <= height else (new_long, self.resize_shorter)
+        top = int(round((size[1] - self.crop) / 2.0))
+        left = int(round((size[0] - self.crop) / 2.0))
+        if size == (width, height):
+            image = image.crop((left, top, left + self.crop, top + self.crop))
+        else:
+            x_scale, y_scale = width / size[0], height / size[1]
+            box = (left * x_scale, top * y_scale, (left + self.crop) * x_scale, (top + self.crop) * y_scale)
+            image = image.resize((self.crop, self.crop), self.interpolation, box=box)
+        np.multiply(np.asarray(image).transpose(2, 0, 1), self._gain, out=out)
+        out += self._offset
+
+
 class ImageEncoder:
     """``encode(images) -> (n, 1280)`` float32 unit vectors; ``classify(images) -> (n, 1000)`` logits."""
 
     def __init__(self, model_dir: str | Path, providers: Providers | str = "auto", precision: str = FP32,
                  parallel: int = 0) -> None:
         self.model = OnnxModel(model_dir, model_name(IMAGE_MODEL, precision), providers, parallel=parallel)
-        settings = self.model.manifest["extra"]["preprocessing"]
-        self._resize_shorter: int = settings["resize_shorter"]
-        self._interpolation = _INTERPOLATION[settings["interpolation"]]
-        self._crop: int = settings["center_crop"]
-        # ToTensor (x scale) then Normalize ((x - mean) / std) as one multiply-add per channel
-        mean = np.array(settings["mean"], np.float32).reshape(3, 1, 1)
-        std = np.array(settings["std"], np.float32).reshape(3, 1, 1)
-        self._gain = (np.float32(settings["scale"]) / std).astype(np.float32)
-        self._offset = (-mean / std).astype(np.float32)
+        self.preprocess = ImagePreprocessing(self.model.manifest["extra"]["preprocessing"])
         self.dim: int = self.model.output_dim("features")
         self._buffers = threading.local()  # each thread's batch input buffer (see _pixels)
         # A user's own image model (``shelfstream export --modality image``) may have no classifier.
@@ -43,43 +78,17 @@ class ImageEncoder:
     def version(self) -> str:
         return self.model.version
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """torchvision Resize(256) + CenterCrop(224) + ToTensor + Normalize -> (3, 224, 224) float32."""
-        pixels = np.empty((3, self._crop, self._crop), np.float32)
-        self._preprocess_into(image, pixels)
-        return pixels
-
-    def _preprocess_into(self, image: Image.Image, out: np.ndarray) -> None:
-        """``preprocess`` written into ``out``. Only the region the crop keeps is resized (PIL's
-        ``box``: the same source coordinates and filter as resizing the whole image, then
-        cropping), and ToTensor + Normalize are one multiply-add from the bytes into ``out``."""
-        image = image.convert("RGB")
-        width, height = image.size
-        short, long = sorted((width, height))
-        size = (width, height)
-        if short != self._resize_shorter:  # torchvision leaves an image already at size untouched
-            new_long = int(self._resize_shorter * long / short)
-            size = (self._resize_shorter, new_long) if width <= height else (new_long, self._resize_shorter)
-        top = int(round((size[1] - self._crop) / 2.0))
-        left = int(round((size[0] - self._crop) / 2.0))
-        if size == (width, height):
-            image = image.crop((left, top, left + self._crop, top + self._crop))
-        else:
-            x_scale, y_scale = width / size[0], height / size[1]
-            box = (left * x_scale, top * y_scale, (left + self._crop) * x_scale, (top + self._crop) * y_scale)
-            image = image.resize((self._crop, self._crop), self._interpolation, box=box)
-        np.multiply(np.asarray(image).transpose(2, 0, 1), self._gain, out=out)
-        out += self._offset
-
     def _pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
         """A batch's input, preprocessed in place into this thread's reused buffer: a fresh
         (32, 3, 224, 224) array per batch cost ~1 ms an image in page faults and copies."""
+        crop = self.preprocess.crop
         buffer: np.ndarray | None = getattr(self._buffers, "pixels", None)
         if buffer is None or len(buffer) < len(images):
-            buffer = self._buffers.pixels = np.empty((len(images), 3, self._crop, self._crop), np.float32)
+            buffer = self._buffers.pixels = np.empty((len(images), 3, crop, crop), np.float32)
         batch = buffer[: len(images)]
+        into = self.preprocess.into
         for image, out in zip(images, batch):
-            self._preprocess_into(image, out)
+            into(image, out)
         return batch
 
     def _forward(self, images: Sequence[Image.Image], batch_size: int, output: str) -> np.ndarray:

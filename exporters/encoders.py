@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from encoders_onnx.image import IMAGE_MODEL, ImageEncoder
+from encoders_onnx.image import IMAGE_MODEL, ImagePreprocessing
 from encoders_onnx.session import INT8, exported_manifest, file_sha256, model_name
 from encoders_onnx.text import TEXT_MODEL, load_tokenizer, tokenize
 from exporters.onnx_export import atomic_write, export_onnx
-from exporters.quantize import calibration_catalog, quantize_image_encoder, quantize_text_encoder, remove_int8
+from exporters.quantize import NotQuantized, calibration_catalog, quantize_image_encoder, quantize_text_encoder
 from exporters.torch_models import (
     MobileNetV2WithStatistics,
     load_minilm,
@@ -86,12 +86,10 @@ def export_image_encoder(model_dir: str | Path, statistics_weight: float = 0.0) 
 
     With ``statistics_weight`` > 0 the features are the unit pooled vector followed by that weight
     times the unit colour and texture statistics of earlier blocks (``MobileNetV2WithStatistics``),
-    standardized on the calibration catalog's images, preprocessed as the plain model's manifest
-    says: so the plain model is exported first and then replaced."""
-    manifest = _export_image(load_mobilenet_v2(), model_dir, {})
+    standardized on the calibration catalog's images as the worker will preprocess them."""
     if not statistics_weight:
-        return manifest
-    preprocess = ImageEncoder(model_dir, "cpu").preprocess
+        return _export_image(load_mobilenet_v2(), model_dir, {})
+    preprocess = ImagePreprocessing(IMAGE_PREPROCESSING)
     paths = [p.image for p in calibration_catalog() if p.image is not None]
     pixels = torch.from_numpy(np.stack([preprocess(Image.open(path)) for path in paths]))
     module = MobileNetV2WithStatistics.calibrated(load_mobilenet_v2(), pixels, statistics_weight)
@@ -129,7 +127,7 @@ def export_all(model_dir: str | Path, force: bool = False, image_statistics: flo
     there is kept unless ``force`` (an int8 model made from another fp32 version is redone, and
     so is the packaged image model when ``image_statistics`` asks for another weight)."""
     model_dir = Path(model_dir)
-    exporters: dict[str, Callable[[Path], dict[str, Any]]] = {
+    exporters: dict[str, Callable[[Path], dict[str, Any] | NotQuantized]] = {
         TEXT_MODEL: export_text_encoder,
         IMAGE_MODEL: lambda folder: export_image_encoder(folder, image_statistics),
         model_name(TEXT_MODEL, INT8): quantize_text_encoder,
@@ -137,11 +135,6 @@ def export_all(model_dir: str | Path, force: bool = False, image_statistics: flo
     }
     manifests = []
     for name, export in exporters.items():
-        if name == model_name(IMAGE_MODEL, INT8) and image_statistics:
-            remove_int8(model_dir, IMAGE_MODEL)
-            print(f"{name}: not made: the image statistics come out of int8 activations too far from fp32 "
-                  "(cosine ~0.84 against a threshold of 0.95); serve this image model at fp32", flush=True)
-            continue
         manifest = None if force else _up_to_date(model_dir, name, image_statistics)
         if manifest is not None:
             print(f"{name}: up to date in {model_dir} (version {manifest['version']})", flush=True)
@@ -149,6 +142,9 @@ def export_all(model_dir: str | Path, force: bool = False, image_statistics: flo
             print(f"{name}: exporting to {model_dir / name}.onnx ...", flush=True)
             started = time.perf_counter()
             manifest = export(model_dir)
+            if isinstance(manifest, NotQuantized):
+                print(f"{name}: not made: {manifest.reason}", flush=True)
+                continue
             print(f"{name}: done in {time.perf_counter() - started:.1f} s (version {manifest['version']})", flush=True)
         manifests.append(manifest)
     return manifests

@@ -139,7 +139,7 @@ class FrozenPrefix:
         self.encoder = ImageEncoder(model_dir, "cpu")
         self.prefix = _Prefix(backbone, blocks).eval()
         self.blocks, self.max_pixels, self.batch_size, self.threads = blocks, max_pixels, batch_size, threads
-        self.crop = self.encoder.preprocess(Image.new("RGB", (8, 8))).shape[-1]
+        self.crop = self.encoder.preprocess.crop
         with torch.no_grad():
             self.shape = tuple(self.prefix(torch.zeros(1, 3, self.crop, self.crop)).shape[1:])
         weights = hashlib.sha256(b"".join(t.numpy().tobytes() for t in self.prefix.state_dict().values())).hexdigest()

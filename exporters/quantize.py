@@ -62,10 +62,23 @@ FP32_INPUT_CONVS = 3
 # Mean cosine of int8 to fp32 unit vectors below which an export fails (measured on the demo
 # catalog: text 0.993, image 0.965; the image side is then judged by `shelfstream eval`).
 MIN_MEAN_COSINE = {TEXT_MODEL: 0.985, IMAGE_MODEL: 0.95}
+# Measured with the statistics' own nodes kept fp32: their inputs, earlier blocks' int8 activations,
+# already move them too far.
+STATISTICS_NOT_QUANTIZED = ("the image statistics come out of int8 activations too far from fp32 (cosine ~0.84 "
+                            f"against a threshold of {MIN_MEAN_COSINE[IMAGE_MODEL]}); serve this image model at fp32")
 
 
 class QuantizationParityError(RuntimeError):
     """The int8 model's vectors are too far from the fp32 model's."""
+
+
+@dataclass(frozen=True)
+class NotQuantized:
+    """An int8 model the quantizer declines to make for this fp32 model, and why: not an error
+    (the fp32 model serves), so ``export`` reports it and goes on."""
+
+    name: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -119,8 +132,13 @@ def quantize_text_encoder(model_dir: str | Path, products: Sequence[Product] | N
     return _quantize(model_dir, TEXT_MODEL, quantize, vectors)
 
 
-def quantize_image_encoder(model_dir: str | Path, products: Sequence[Product] | None = None) -> dict[str, Any]:
-    """``image.int8.onnx``: static QDQ int8 of ``image.onnx`` calibrated on catalog images."""
+def quantize_image_encoder(model_dir: str | Path, products: Sequence[Product] | None = None) -> dict[str, Any] | NotQuantized:
+    """``image.int8.onnx``: static QDQ int8 of ``image.onnx`` calibrated on catalog images; declined
+    (and a stale one removed) when the fp32 model carries colour and texture statistics."""
+    fp32_manifest = exported_manifest(Path(model_dir), IMAGE_MODEL)
+    if fp32_manifest is not None and fp32_manifest["extra"].get("statistics"):
+        remove_int8(Path(model_dir), IMAGE_MODEL)
+        return NotQuantized(model_name(IMAGE_MODEL, INT8), STATISTICS_NOT_QUANTIZED)
     model_dir = Path(model_dir)
     paths = [p.image for p in (products if products is not None else calibration_catalog()) if p.image is not None]
     calibration, check = paths[:CALIBRATION_IMAGES], paths[CALIBRATION_IMAGES:] or paths
@@ -131,7 +149,7 @@ def quantize_image_encoder(model_dir: str | Path, products: Sequence[Product] | 
             src, dst, _ImageBatches(fp32, calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
-            nodes_to_exclude=input_side_nodes(src, FP32_INPUT_CONVS) + statistics_nodes(src),
+            nodes_to_exclude=input_side_nodes(src, FP32_INPUT_CONVS),
         )
         _drop_unused_initializers(dst)
         return {"method": "static QDQ", "weights": "int8 per channel",
@@ -199,13 +217,6 @@ def input_side_nodes(path: Path, convolutions: int) -> list[str]:
         names.append(node.name)
         seen += node.op_type == "Conv"
     return names
-
-
-def statistics_nodes(path: Path) -> list[str]:
-    """The nodes that assemble an image model's colour and texture statistics into its features
-    (``MobileNetV2WithStatistics``; none in a plain model): standardization, normalization and
-    weighting need more than 8 bits, and cost next to nothing."""
-    return [node.name for node in onnx.load(str(path)).graph.node if node.name.startswith("/statistics/")]
 
 
 def _drop_unused_initializers(path: Path) -> None:

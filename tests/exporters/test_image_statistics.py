@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from encoders_onnx.image import ImageEncoder
+from encoders_onnx.image import ImageEncoder, ImagePreprocessing
 from encoders_onnx.session import ModelNotExportedError
-from exporters.encoders import _up_to_date, export_all
+from exporters.encoders import IMAGE_PREPROCESSING, _up_to_date, export_all
 from exporters.torch_models import STATISTICS_BLOCKS, MobileNetV2WithStatistics, load_mobilenet_v2
 
 CHANNELS = {1: 16, 3: 24, 6: 32, 10: 64, 13: 96, 16: 160}  # MobileNetV2's output channels of those blocks
@@ -51,6 +51,14 @@ def test_calibration_needs_two_images() -> None:
         MobileNetV2WithStatistics.calibrated(load_mobilenet_v2(), _flat((0.5, 0.5, 0.5))[None], weight=0.6)
 
 
+def test_the_statistics_are_standardized_on_the_pixels_the_worker_will_see(model_dir: Path) -> None:
+    """The export calibrates with the preprocessing it records, before any model file exists."""
+    image = Image.new("RGB", (333, 500), (200, 30, 60))
+    served = ImageEncoder(model_dir, "cpu").preprocess(image)
+    np.testing.assert_array_equal(ImagePreprocessing(IMAGE_PREPROCESSING)(image), served)
+    assert served.shape == (3, IMAGE_PREPROCESSING["center_crop"], IMAGE_PREPROCESSING["center_crop"])
+
+
 def test_export_with_statistics_is_a_new_fp32_image_version_without_int8(model_dir: Path, tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     for path in model_dir.iterdir():
@@ -67,7 +75,7 @@ def test_export_with_statistics_is_a_new_fp32_image_version_without_int8(model_d
                                             "calibration_images": image["extra"]["statistics"]["calibration_images"]}
     assert image["extra"]["statistics"]["calibration_images"] >= 100  # the demo catalog's photos
     assert "image.int8" not in manifests and not (tmp_path / "image.int8.onnx").exists()
-    assert "image.int8: not made" in capsys.readouterr().out
+    assert "image.int8: not made: the image statistics come out of int8 activations" in capsys.readouterr().out
     assert _up_to_date(tmp_path, "image", image_statistics=0.6) is not None
     assert _up_to_date(tmp_path, "image", image_statistics=0.0) is None  # and back to plain on request
     encoder = ImageEncoder(tmp_path, "cpu")
