@@ -57,7 +57,9 @@ CALIBRATION_PERCENTILE = 99.99
 # fp32 bundle, fp32 titles: the image side's share of int8's loss; all fp32: 0.570): these 0.547;
 # depthwise convolutions also fp32 0.541; Entropy or MinMax calibration 0.537; 99.999th percentile
 # 0.535; int8 symmetric activations 0.528 (and 1.06x, no faster); calibrating on 64 / 128 photos
-# of that catalog's training split instead of the demo's 0.547 / 0.554. None was kept.
+# of that catalog's training split instead of the demo's 0.547 / 0.554. None was kept. On an AVX2
+# machine without VNNI, uint8 weights (no 16-bit saturation) lost recall@5 0.019 instead of 0.026, but
+# ran 224 instead of 281 images/s (fp32 ~195): not kept either (README, int8).
 FP32_INPUT_CONVS = 3
 # Mean cosine of int8 to fp32 unit vectors below which an export fails (measured on the demo
 # catalog: text 0.993, image 0.965; the image side is then judged by `shelfstream eval`).
