@@ -56,6 +56,7 @@ class Settings:
     # batching
     batch_size: int = _knob(32, "events per batch: each encoder runs once per batch")
     batch_window_s: float = _knob(0.1, "longest wait to fill a batch, seconds (a burst fills it sooner)")
+    batches_in_flight: int = _knob(2, "batches a worker processes at once, so one encodes while another is read, fused and written (1 = one at a time)")
     fetch_max_wait_ms: int = _knob(100, "longest a consumer fetch waits for new data, ms (freshness when idle)")
     idle_flush_s: float = _knob(2.0, "the worker persists the store's new points once its stream has been idle this long, seconds")
     topic_check_s: float = _knob(10.0, "how often the worker re-creates topics a restarted broker lost, seconds")

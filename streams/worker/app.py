@@ -146,8 +146,8 @@ class WorkerState:
         self.last_batch_at = time.monotonic()
         self._pipeline: Pipeline | None = None
         self._loading = threading.Lock()
-        # a batch's points and its counts become visible together: /stats never shows one without the other
-        self._batch = threading.Lock()
+        # the interactions agent and the indexing agents' batches add to the same counters
+        self._counting = threading.Lock()
         self.reindex_job = ReindexJob()
         self.profiles = UserProfiles(settings.redis_url, settings.profile_ttl_s, settings.profile_max_events)
         self.profile_config = ProfileConfig.parse(settings.interaction_weights, settings.profile_half_life_s,
@@ -164,9 +164,12 @@ class WorkerState:
     def apply_interactions(self, messages: Sequence[IncomingMessage]) -> BatchOutcome:
         """Apply a batch of interactions to the users' histories and count it."""
         outcome = apply_interactions(messages, self.profiles, self.pipeline.store)
-        with self._batch:  # the indexing agent's thread adds to the same counters
-            self.stats.add(outcome)
+        self._count(outcome)
         return outcome
+
+    def _count(self, outcome: BatchOutcome) -> None:
+        with self._counting:
+            self.stats.add(outcome)
 
     @property
     def loaded(self) -> Pipeline | None:
@@ -177,9 +180,8 @@ class WorkerState:
         """Process a batch and count it, as one step for ``status`` (the dead-letter policy is
         ``Pipeline.process``'s)."""
         started = time.perf_counter()
-        with self._batch:
-            outcome = self.pipeline.process(messages, retry)
-            self.stats.add(outcome)
+        # counted in the same step as the batch's writes: /stats never shows one without the other
+        outcome = self.pipeline.process(messages, retry, committed=self._count)
         self.last_batch_at = time.monotonic()
         self.metrics.record_batch(len(messages), outcome.counts, time.perf_counter() - started)
         self.metrics.record_dead_letters(letter.failure.code for letter in outcome.dead_letters)
@@ -193,7 +195,7 @@ class WorkerState:
         pipeline = self._pipeline
         if pipeline is None or time.monotonic() - self.last_batch_at < self.settings.idle_flush_s:
             return 0
-        with self._batch:  # not while a batch runs
+        with pipeline.committing:  # not while a batch writes
             flushed = pipeline.store.flush()
         if flushed:
             log.info("store flushed: %d new points persisted (stream idle)", flushed)
@@ -201,7 +203,7 @@ class WorkerState:
 
     def status(self, stats: Stats | None = None) -> dict[str, Any]:
         store: ProductStore = self.pipeline.store
-        with self._batch:
+        with self.pipeline.committing, self._counting:
             snapshot, points = (stats or self.stats).snapshot(), store.count()
         return {
             **snapshot,
@@ -231,6 +233,8 @@ class EventlessMonitor(Monitor):
 
 
 def create_app(settings: Settings) -> faust.App:
+    if settings.batches_in_flight < 1:
+        raise ValueError(f"SHELFSTREAM_BATCHES_IN_FLIGHT must be 1 or more, not {settings.batches_in_flight}")
     datadir = settings.state_path / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -269,7 +273,7 @@ def create_app(settings: Settings) -> faust.App:
             await _with_retry(lambda: _send(retries, [retry_record(r, position) for r in outcome.retries]))
         await _with_retry(lambda: _send(dead_letters, [dead_letter_record(l, settings.dead_letter_max_bytes) for l in letters]))
 
-    @app.agent(events)
+    @app.agent(events, concurrency=settings.batches_in_flight)  # each actor takes its own batches
     async def index_products(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: worker.pipeline)  # load models before the first batch

@@ -1,7 +1,7 @@
 """One batch of product events, end to end, in the order the stages run:
 
-    parse -> newest per product -> plan against stored state -> delete -> fetch and fingerprint
-    -> encode through the cache -> fuse -> write
+    parse -> newest per product -> claim the products -> plan against stored state -> fetch and
+    fingerprint -> encode through the cache -> fuse -> commit: delete, rewrite payloads, write points
 
 The Faust agent calls ``Pipeline.process`` once per batch (the benchmark and the tests call it
 directly too); re-indexing calls ``Pipeline.apply`` with events rebuilt from stored payloads.
@@ -13,6 +13,10 @@ Correctness rules kept here, in one place:
 - a modality whose content is unchanged is read from the cache, never re-encoded; an update
   whose content (text, image and video bytes, model versions) is unchanged rewrites only the
   payload: no cache read, no fusion, no vector write;
+- several batches may be in flight at once (``SHELFSTREAM_BATCHES_IN_FLIGHT``), so that one
+  encodes while another fetches, fuses or writes; a batch claims its products first
+  (``ProductClaims``), so no two batches ever read-decide-write the same product at once, and
+  all of a batch's writes happen in one short step under ``Pipeline.committing``;
 - bad input never stops the batch: a failure is a value (``Failure``) carried to the end, where
   ``Pipeline.process`` turns it into a dead letter; only the services' own errors escape, so
   the agent retries the batch instead of committing past unwritten events.
@@ -26,8 +30,9 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, TypeAlias, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeAlias, TypeVar
 
 import httpx
 import numpy as np
@@ -195,6 +200,42 @@ class EncodedProduct:
     failures: Mapping[str, Failure]
 
 
+class ProductClaims:
+    """The products whose batch is between reading their stored state and writing them. A batch
+    waits until none of its products is claimed, then claims them all at once (so two batches
+    never wait for each other in a cycle): an engine has no conditional write, and a batch that
+    planned against a state another batch is about to change would write over a newer version."""
+
+    def __init__(self) -> None:
+        self._claimed: set[str] = set()
+        self._released = threading.Condition()
+
+    @contextmanager
+    def hold(self, product_ids: Iterable[str]) -> Iterator[None]:
+        wanted = set(product_ids)
+        with self._released:
+            self._released.wait_for(lambda: self._claimed.isdisjoint(wanted))
+            self._claimed |= wanted
+        try:
+            yield
+        finally:
+            with self._released:
+                self._claimed -= wanted
+                self._released.notify_all()
+
+
+@dataclass
+class Changes:
+    """Everything a batch will write, decided and computed before any of it is written."""
+
+    deletes: list[ProductEvent] = field(default_factory=list)
+    payloads: dict[str, dict] = field(default_factory=dict)  # payload-only rewrites
+    current: Mapping[str, StoredState] = field(default_factory=dict)
+    points: list[ProductPoint] = field(default_factory=list)
+    untombstone: list[str] = field(default_factory=list)
+    applied: list[ProductEvent] = field(default_factory=list)  # their freshness ends at the commit
+
+
 # -- the two stages that need no service: newest per product, plan against stored state ---------
 
 
@@ -253,9 +294,12 @@ class Pipeline:
         self._pixel_budget = PixelBudget(settings.decode_pixel_budget)
         # an image vector depends on the decoder too: the same bytes decode to other pixels after a change
         self._image_version = f"{encoders.image.version}+{DECODER_VERSION}"
-        # read-decide-write of a batch and of a re-index page must not interleave, or an older
-        # version could be written over a newer one between the check and the write
-        self._applying = threading.Lock()
+        # read-decide-write of a batch and of a re-index page must not interleave on a product, or
+        # an older version could be written over a newer one between the check and the write
+        self._claims = ProductClaims()
+        # held for a batch's writes and whatever must become visible with them (the worker's
+        # counters): a reader holding it sees every batch either wholly written or not at all
+        self.committing = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: WorkerMetrics | None = None) -> "Pipeline":
@@ -275,15 +319,18 @@ class Pipeline:
 
     # -- public entry points ----------------------------------------------------------------------
 
-    def process(self, messages: Sequence[IncomingMessage], retry: bool = False) -> BatchOutcome:
+    def process(self, messages: Sequence[IncomingMessage], retry: bool = False,
+                committed: Callable[[BatchOutcome], None] = lambda outcome: None) -> BatchOutcome:
         """A batch of raw messages, with the whole dead-letter policy: an invalid event, and each
         failed modality of an indexed product, is a dead letter with its reason, except a
         medium that timed out: that product's message is in ``retries``. A batch that fails for
         a reason no check foresaw is rerun one message at a time so that only the message that
         fails on its own is dead-lettered. The services' errors propagate. ``retry``: these
-        messages were processed before (a media retry), so their own version is redone."""
+        messages were processed before (a media retry), so their own version is redone.
+        ``committed`` gets each part of the returned outcome under ``committing``, right after
+        that part's writes."""
         try:
-            outcome = self._process_batch(messages, retry)
+            return self._process_batch(messages, retry, committed)
         except SERVICE_ERRORS:
             raise
         except Exception as exc:  # a bug or an input no check foresaw
@@ -291,32 +338,28 @@ class Pipeline:
                 log.warning("batch of %d failed (%r); retrying one event at a time", len(messages), exc)
                 outcome = BatchOutcome()
                 for message in messages:
-                    outcome.merge(self.process([message], retry))
+                    outcome.merge(self.process([message], retry, committed))
                 return outcome
             log.exception("event failed, dead-lettered")
             outcome = BatchOutcome(dead_letters=[DeadLetter(messages[0], Failure(PROCESSING_FAILED, f"processing failed: {exc!r}"))])
-        outcome.counts["dead_lettered"] += len(outcome.dead_letters)
-        return outcome
+            outcome.counts["dead_lettered"] += 1
+            with self.committing:  # nothing to write
+                committed(outcome)
+            return outcome
 
     def apply(self, events: Sequence[ProductEvent], redo: bool = False) -> BatchOutcome:
         """Bring the store up to date with ``events`` (at most one per product), planned against
         what is stored and the tombstones; per-product failures come back in ``failures``."""
-        outcome = BatchOutcome()
-        with self._applying:
-            current, tombstoned = self._current([e.product_id for e in events])
-            plan = plan_against(events, current, redo)
-            outcome.counts["stale_skipped"] += plan.stale
-            outcome.counts["duplicates"] += plan.duplicates
-            self._delete(plan.deletes, outcome)
-            if plan.upserts:
-                self._upsert(plan.upserts, current, tombstoned, outcome)
-        now = time.time()
-        outcome.freshness_ms.extend((now - e.event_time) * 1000.0 for e in [*plan.deletes, *plan.upserts])
+        with self._claims.hold(e.product_id for e in events):
+            outcome, changes = self._prepare(events, redo)
+            with self.committing:
+                self._commit(changes, outcome)
         return outcome
 
     # -- the stages, in order ---------------------------------------------------------------------
 
-    def _process_batch(self, messages: Sequence[IncomingMessage], retry: bool) -> BatchOutcome:
+    def _process_batch(self, messages: Sequence[IncomingMessage], retry: bool,
+                       committed: Callable[[BatchOutcome], None]) -> BatchOutcome:
         outcome = BatchOutcome()
         parsed: list[tuple[ProductEvent, IncomingMessage]] = []
         for message in messages:
@@ -326,15 +369,52 @@ class Pipeline:
                 outcome.dead_letters.append(DeadLetter(message, Failure(exc.code, f"invalid event: {exc}")))
         outcome.counts["events"] += len(parsed)
         latest = newest_per_product(parsed, outcome.counts)
-        outcome.merge(self.apply([event for event, _ in latest.values()], redo=retry))
-        for product_id, failures in outcome.failures.items():
-            message = latest[product_id][1]
-            timed_out = [f for f in failures if f.code in RETRIED_MEDIA_CODES]
-            if timed_out:
-                outcome.retries.append(RetryLater(message, timed_out[0]))
-            outcome.dead_letters += [DeadLetter(message, f) for f in failures if f.code not in RETRIED_MEDIA_CODES]
-        outcome.counts["media_retries"] += len(outcome.retries)
+        with self._claims.hold(latest):
+            applied, changes = self._prepare([event for event, _ in latest.values()], redo=retry)
+            outcome.merge(applied)
+            for product_id, failures in outcome.failures.items():
+                message = latest[product_id][1]
+                timed_out = [f for f in failures if f.code in RETRIED_MEDIA_CODES]
+                if timed_out:
+                    outcome.retries.append(RetryLater(message, timed_out[0]))
+                outcome.dead_letters += [DeadLetter(message, f) for f in failures if f.code not in RETRIED_MEDIA_CODES]
+            outcome.counts["media_retries"] += len(outcome.retries)
+            outcome.counts["dead_lettered"] += len(outcome.dead_letters)
+            with self.committing:
+                self._commit(changes, outcome)
+                committed(outcome)
         return outcome
+
+    def _prepare(self, events: Sequence[ProductEvent], redo: bool) -> tuple[BatchOutcome, Changes]:
+        """Plan against the stored state and compute every write; nothing is written yet."""
+        outcome, changes = BatchOutcome(), Changes()
+        current, tombstoned = self._current([e.product_id for e in events])
+        plan = plan_against(events, current, redo)
+        outcome.counts["stale_skipped"] += plan.stale
+        outcome.counts["duplicates"] += plan.duplicates
+        changes.deletes = list(plan.deletes)
+        changes.applied = [*plan.deletes, *plan.upserts]
+        if plan.deletes:
+            outcome.deleted.extend(e.product_id for e in plan.deletes)
+            outcome.counts["deleted"] += len(plan.deletes)
+        if plan.upserts:
+            self._upsert(plan.upserts, current, tombstoned, outcome, changes)
+        return outcome, changes
+
+    def _commit(self, changes: Changes, outcome: BatchOutcome) -> None:
+        """A batch's writes, in one step: deletes (with their tombstones), payload-only rewrites,
+        new points, then the tombstones of re-created products go."""
+        if changes.deletes:
+            self.store.delete([e.product_id for e in changes.deletes])
+            self.tombstones.record({e.product_id: e.version for e in changes.deletes})
+        if changes.payloads:
+            self.store.overwrite_payloads(changes.payloads, changes.current)
+        if changes.points:
+            self.store.upsert(changes.points)
+        if changes.untombstone:
+            self.tombstones.clear(changes.untombstone)
+        now = time.time()
+        outcome.freshness_ms.extend((now - e.event_time) * 1000.0 for e in changes.applied)
 
     def _current(self, product_ids: list[str]) -> tuple[dict[str, StoredState], set[str]]:
         """What is stored or was deleted (a tombstone newer than the point wins), and which of the
@@ -346,30 +426,25 @@ class Pipeline:
                 current[product_id] = StoredState(version)
         return current, set(tombstones)
 
-    def _delete(self, deletes: Sequence[ProductEvent], outcome: BatchOutcome) -> None:
-        if deletes:
-            self.store.delete([e.product_id for e in deletes])
-            self.tombstones.record({e.product_id: e.version for e in deletes})
-            outcome.deleted.extend(e.product_id for e in deletes)
-            outcome.counts["deleted"] += len(deletes)
-
     def _upsert(self, upserts: Sequence[ProductEvent], current: Mapping[str, StoredState], tombstoned: set[str],
-                outcome: BatchOutcome) -> None:
-        """Unchanged content: rewrite the payload only. Changed: encode (cache first), fuse, write.
-        The tombstones of re-created products go (a Redis round trip only when there are some)."""
+                outcome: BatchOutcome, changes: Changes) -> None:
+        """Unchanged content: rewrite the payload only. Changed: encode (cache first), fuse, and
+        make its point. The tombstones of re-created products go (a Redis round trip only when
+        there are some)."""
         fetched = self._fetch(upserts)
         unchanged = [f for f in fetched if _stored_fingerprint(current, f) == f.fingerprint]
         changed = [f for f in fetched if _stored_fingerprint(current, f) != f.fingerprint]
         # unchanged content keeps the decode errors found when it was encoded
         kept = [(f, {**_stored_failures(current[f.event.product_id]), **f.failures}) for f in unchanged]
         if kept:
-            self.store.overwrite_payloads({
+            changes.payloads = {
                 f.event.product_id: self._payload(f, current[f.event.product_id].modalities, failures) for f, failures in kept
-            }, current)
+            }
+            changes.current = current
             outcome.counts["payload_only"] += len(kept)
         encoded = self._encode(changed, outcome.counts)
-        self._write(encoded)
-        self.tombstones.clear(e.product_id for e in upserts if e.product_id in tombstoned)
+        changes.points = self._points(encoded)
+        changes.untombstone = [e.product_id for e in upserts if e.product_id in tombstoned]
         outcome.indexed.extend(e.product_id for e in upserts)
         outcome.counts["indexed"] += len(upserts)
         for product, failures in [*kept, *((e.fetched, e.failures) for e in encoded)]:
@@ -533,10 +608,10 @@ class Pipeline:
         self.cache.put_many({k: v for k, v in encoded.items() if not isinstance(v, Failure)})
         return [encoded[key] if vector is None else vector for key, vector in zip(keys, cached)]
 
-    def _write(self, products: Sequence[EncodedProduct]) -> None:
-        """Fuse the modality vectors of the batch in one call and write one point per product."""
+    def _points(self, products: Sequence[EncodedProduct]) -> list[ProductPoint]:
+        """Fuse the modality vectors of the batch in one call: one point per product."""
         if not products:
-            return
+            return []
         batch: dict[str, ModalityBatch] = {}
         encoder_dims = {"text": self.encoders.text.dim, "image": self.encoders.image.dim, "video": self.encoders.video.dim}
         for modality, dim in encoder_dims.items():
@@ -554,7 +629,7 @@ class Pipeline:
             modalities = sorted(name for name in vectors if name in MODALITIES)
             payload = self._payload(product.fetched, modalities, product.failures)
             points.append(ProductPoint(product.fetched.event.product_id, vectors, payload))
-        self.store.upsert(points)
+        return points
 
     def _payload(self, product: Fetched, modalities: list[str], failures: Mapping[str, Failure]) -> dict:
         """The stored payload: the event's own fields, then what indexing found out."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -14,7 +16,7 @@ from PIL import Image
 
 from streams.adapters.media import local_path
 from streams.settings import Settings
-from streams.worker.pipeline import IncomingMessage, Pipeline
+from streams.worker.pipeline import IncomingMessage, Pipeline, ProductClaims
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +82,61 @@ def test_older_and_duplicate_versions_change_nothing(pipeline, catalog):
     assert duplicate.counts["duplicates"] == 1 and duplicate.counts["indexed"] == 0
     payload = pipeline.store.get(event.product_id).payload
     assert (payload["price"], payload["version"], payload["indexed_at"]) == (50.0, 5, indexed_at)
+
+
+def test_claims_let_disjoint_batches_run_and_make_overlapping_ones_wait():
+    claims = ProductClaims()
+    entered = threading.Event()
+
+    def overlapping() -> None:
+        with claims.hold(["b", "c"]):
+            entered.set()
+
+    with claims.hold(["a", "b"]):
+        thread = threading.Thread(target=overlapping)
+        thread.start()
+        with claims.hold(["d"]):  # disjoint: taken at once, even beside a waiting claim
+            pass
+        assert not entered.wait(0.3)
+    assert entered.wait(5.0)
+    thread.join()
+
+
+def test_two_batches_in_flight_on_one_product_end_on_its_newest_version(pipeline, catalog, monkeypatch):
+    """The older event's batch reads first and is slow to encode; the newer one's batch must not
+    read the state the older one is about to change, or the older write would land last."""
+    event = catalog[0]
+    pipeline.process(messages(event))
+    older, newer = event.derive(version=2, title="Older title"), event.derive(version=3, title="Newest title", price=3.0)
+    encode, older_encoding, newer_done = pipeline._encode, threading.Event(), threading.Event()
+
+    def slow_for_the_older(products, counts):
+        if any(p.event.version == 2 for p in products):
+            older_encoding.set()
+            newer_done.wait(timeout=2.0)  # without claims the newer batch finishes meanwhile
+        return encode(products, counts)
+
+    monkeypatch.setattr(pipeline, "_encode", slow_for_the_older)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(pipeline.process, messages(older, catalog[1]))
+        assert older_encoding.wait(30.0)
+        second = pool.submit(pipeline.process, messages(newer, catalog[2]))
+        second.result(timeout=60.0)
+        newer_done.set()
+        first.result(timeout=60.0)
+    payload = pipeline.store.get(event.product_id).payload
+    assert (payload["title"], payload["version"], payload["price"]) == ("Newest title", 3, 3.0)
+    assert first.result().counts["indexed"] == 2 and second.result().counts["indexed"] == 2
+
+
+def test_a_batch_is_counted_in_the_same_step_as_its_writes(pipeline, catalog):
+    seen = []
+
+    def committed(outcome):
+        seen.append((outcome, pipeline.committing.locked(), pipeline.store.count()))
+
+    outcome = pipeline.process(messages(*catalog[:3]), committed=committed)
+    assert seen == [(outcome, True, 3)]
 
 
 def test_highest_version_in_one_batch_wins(pipeline, catalog):
