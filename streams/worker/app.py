@@ -171,6 +171,15 @@ class WorkerState:
         with self._counting:
             self.stats.add(outcome)
 
+    def stats_window(self, reset: bool) -> Stats:
+        """The counters' current window, and a new one from now on if ``reset``: swapped under the
+        lock the batches count under, so each batch is in exactly one window."""
+        with self._counting:
+            window = self.stats
+            if reset:
+                self.stats = Stats()
+            return window
+
     @property
     def loaded(self) -> Pipeline | None:
         """The pipeline if it is loaded, without loading it (readiness must not block on that)."""
@@ -393,11 +402,7 @@ class WorkerBackend:
                         self.worker.settings.hybrid_value_weight)
 
     def stats_window(self, reset: bool) -> Stats:
-        """Swapped on the event loop, where the agent adds batches: no batch falls between windows."""
-        window = self.worker.stats
-        if reset:
-            self.worker.stats = Stats()
-        return window
+        return self.worker.stats_window(reset)
 
     def status(self, window: Stats) -> dict[str, Any]:
         return self.worker.status(window)
