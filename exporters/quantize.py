@@ -137,11 +137,11 @@ def quantize_text_encoder(model_dir: str | Path, products: Sequence[Product] | N
 def quantize_image_encoder(model_dir: str | Path, products: Sequence[Product] | None = None) -> dict[str, Any] | NotQuantized:
     """``image.int8.onnx``: static QDQ int8 of ``image.onnx`` calibrated on catalog images; declined
     (and a stale one removed) when the fp32 model carries colour and texture statistics."""
-    fp32_manifest = exported_manifest(Path(model_dir), IMAGE_MODEL)
-    if fp32_manifest is not None and fp32_manifest["extra"].get("statistics"):
-        remove_int8(Path(model_dir), IMAGE_MODEL)
-        return NotQuantized(model_name(IMAGE_MODEL, INT8), STATISTICS_NOT_QUANTIZED)
     model_dir = Path(model_dir)
+    fp32_manifest = exported_manifest(model_dir, IMAGE_MODEL)
+    if fp32_manifest is not None and fp32_manifest["extra"].get("statistics"):
+        remove_int8(model_dir, IMAGE_MODEL)
+        return NotQuantized(model_name(IMAGE_MODEL, INT8), STATISTICS_NOT_QUANTIZED)
     paths = [p.image for p in (products if products is not None else calibration_catalog()) if p.image is not None]
     calibration, check = paths[:CALIBRATION_IMAGES], paths[CALIBRATION_IMAGES:] or paths
     fp32 = ImageEncoder(model_dir, "cpu")
