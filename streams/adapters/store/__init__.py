@@ -30,6 +30,7 @@ from streams.adapters.store.model import (
     KEYWORDS,
     PAYLOAD_DIGEST,
     POINT_NAMESPACE,
+    STATE_FIELDS,
     VOLATILE_FIELDS,
     Conditions,
     Hit,
@@ -160,7 +161,7 @@ class ProductStore:
             return {}
         with self._lock:
             records = self._engine.retrieve(self.collection, [point_id(pid) for pid in product_ids],
-                                            ["product_id", "version", "fingerprint", "modalities", "errors", PAYLOAD_DIGEST], ())
+                                            STATE_FIELDS, ())
         return {
             r.payload["product_id"]: StoredState(int(r.payload["version"]), r.payload.get("fingerprint"),
                                                  list(r.payload.get("modalities", [])), dict(r.payload.get("errors") or {}),

@@ -29,6 +29,9 @@ from streams.adapters.store.model import (
     SparseVector,
     StoredPoint,
     check_dims,
+    only_keys,
+    stored_keys,
+    unpacked_payload,
 )
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,7 @@ def _filter(conditions: Conditions) -> models.Filter | None:
 
 
 def _stored(record: models.Record) -> StoredPoint:
-    payload = dict(record.payload or {})
+    payload = unpacked_payload(record.payload)
     vectors = record.vector if isinstance(record.vector, dict) else {}
     return StoredPoint(payload.get("product_id", ""), payload,
                        {name: list(v) for name, v in vectors.items() if isinstance(v, list)})
@@ -127,9 +130,10 @@ class ClientEngine:
 
     def retrieve(self, collection: str, ids: Sequence[str], payload: bool | Sequence[str],
                  vectors: Sequence[str]) -> list[StoredPoint]:
-        records = self.client.retrieve(collection, list(ids), with_payload=payload if isinstance(payload, bool) else list(payload),
+        records = self.client.retrieve(collection, list(ids), with_payload=payload if isinstance(payload, bool) else stored_keys(payload),
                                        with_vectors=list(vectors) or False)
-        return [_stored(r) for r in records]
+        stored = [_stored(r) for r in records]
+        return stored if isinstance(payload, bool) else [only_keys(point, payload) for point in stored]
 
     def query(self, collection: str, query: Query, limit: int, offset: int, conditions: Conditions,
               score_threshold: float | None) -> list[tuple[float, dict[str, Any]]]:
@@ -145,7 +149,7 @@ class ClientEngine:
             collection, query=scoring, using=query.using, limit=limit, offset=offset,
             query_filter=_filter(conditions), score_threshold=score_threshold, with_payload=True,
         )
-        return [(float(p.score), dict(p.payload or {})) for p in response.points]
+        return [(float(p.score), unpacked_payload(p.payload)) for p in response.points]
 
     def scroll(self, collection: str, limit: int, offset: Any, vectors: Sequence[str]) -> tuple[list[StoredPoint], Any]:
         records, next_offset = self.client.scroll(collection, limit=limit, offset=offset,

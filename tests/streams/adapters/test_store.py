@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from qdrant_client import models
 
 from streams.adapters.store import (
     EXCLUDED_BY_OVERFETCH,
@@ -28,6 +32,7 @@ from streams.adapters.store import (
     point_id,
     with_derived_fields,
 )
+from streams.adapters.store.model import NATIVE_FIELDS, PACKED, packed_payload, unpacked_payload
 from streams.settings import Settings
 
 DIMS = {"text": 3, "image": 4, "fused": 2}
@@ -580,3 +585,50 @@ def test_flush_persists_what_was_written_since_the_last_one(tmp_path, engine):
         assert reopened.count() == 3
     finally:
         reopened.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=12)
+
+
+@given(st.dictionaries(st.sampled_from(sorted(NATIVE_FIELDS)) | st.text(), JSON_VALUES, max_size=8))
+def test_a_packed_payload_unpacks_to_itself(payload):
+    packed = packed_payload(payload)
+    assert set(packed) <= NATIVE_FIELDS | {PACKED}
+    assert unpacked_payload(packed) == payload
+
+
+def test_edge_packs_what_no_filter_reads_and_readers_see_it_unpacked(tmp_path):
+    """Edge converts a payload value by value (slowly): the fields no filter, index or price
+    update touches are stored as one JSON string, and nothing above the engine sees that."""
+    store = ProductStore(store_settings(tmp_path, "edge"), DIMS)
+    try:
+        shoe = point("a", {"fused": [1, 0]}, price=100.0, title="Shoe", category=["Footwear", "Shoes"],
+                     attributes={"colour": "Red", "size": "9"}, fingerprint="fp", image_uris=["a.jpg"])
+        store.upsert([shoe, point("b", {"fused": [0, 1]}, price=5.0, attributes={"size": "8"})])
+        raw = store._engine._shard(store.collection).retrieve([point_id("a")], with_payload=True, with_vector=False)[0].payload
+        assert PACKED in raw and set(raw) <= NATIVE_FIELDS | {PACKED} and "title" not in raw
+        assert json.loads(raw[PACKED])["attributes"] == {"colour": "Red", "size": "9"}
+        assert store.get("a").payload == shoe.payload
+        hits = store.search("fused", QUERY, 10, SearchFilters(category="shoes", attributes={"size": ("9",)}, price_max=100))
+        assert [(h.product_id, h.payload) for h in hits] == [("a", shoe.payload)]
+        assert store.states(["a"])["a"].fingerprint == "fp"
+        with pytest.raises(ValueError, match="title"):  # a packed field cannot be set in place
+            store._engine.set_payloads(store.collection, {point_id("a"): {"price": 1.0, "title": "New"}})
+    finally:
+        store.close()
+
+
+def test_a_packed_payload_reads_unpacked_through_the_client(tmp_path):
+    """An Edge snapshot restored on a server holds packed payloads: the client reads them too."""
+    store = ProductStore(store_settings(tmp_path, "client-local"), DIMS)
+    try:
+        shoe = point("a", {"fused": [1, 0]}, price=100.0, title="Shoe", fingerprint="fp")
+        store._engine.client.upsert(store.collection, [models.PointStruct(
+            id=point_id("a"), vector={"fused": [1.0, 0.0]}, payload=packed_payload(with_derived_fields(shoe.payload)))])
+        assert store.get("a").payload == shoe.payload
+        assert [h.payload for h in store.search("fused", QUERY, 10)] == [shoe.payload]
+        assert store.states(["a"])["a"].fingerprint == "fp"
+    finally:
+        store.close()
