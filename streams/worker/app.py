@@ -20,7 +20,6 @@ from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence, TypeVa
 
 import faust
 import uvicorn
-from faust.sensors import Monitor
 
 from streams.adapters.kafka import consumer_lag, ensure_topics
 from streams.adapters.media import MediaLimits
@@ -29,6 +28,7 @@ from streams.adapters.store import ProductStore
 from streams.settings import Settings
 from streams.worker.api import Optimized, backup_store, create_api, optimize_store
 from streams.worker.interactions import apply_interactions
+from streams.worker.lean import EventlessMonitor, LeanApp
 from streams.worker.pipeline import (
     SERVICE_ERRORS,
     BatchOutcome,
@@ -223,30 +223,12 @@ class WorkerState:
         }
 
 
-class EventlessMonitor(Monitor):
-    """Faust's monitor without its per-event bookkeeping: ``/metrics`` counts events and batches
-    already, and these four hooks run for every event (~2% of the worker's time during price
-    updates). Rebalances, commits and sends are still recorded."""
-
-    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
-        return None
-
-    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
-        return None
-
-    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None) -> None:
-        return None
-
-    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
-        return None
-
-
 def create_app(settings: Settings) -> faust.App:
     if settings.batches_in_flight < 1:
         raise ValueError(f"SHELFSTREAM_BATCHES_IN_FLIGHT must be 1 or more, not {settings.batches_in_flight}")
     datadir = settings.state_path / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = LeanApp(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         web_enabled=False,  # the query API (uvicorn, _serve_query_api) serves SHELFSTREAM_WEB_PORT

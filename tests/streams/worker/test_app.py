@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from streams.worker.app import EventlessMonitor, WorkerState, create_app
+from streams.worker.app import WorkerState, create_app
+from streams.worker.lean import EventlessMonitor, LeanConsumer
 from streams.worker.pipeline import SERVICE_ERRORS, IncomingMessage
 
 pytestmark = pytest.mark.integration
@@ -114,3 +115,8 @@ def test_status_says_when_the_last_batch_ended_by_the_wall_clock(settings, catal
         assert before <= worker.status()["last_batch_at"] <= after
     finally:
         worker.pipeline.close()
+
+
+def test_the_app_consumes_with_the_lean_consumer(settings):
+    """Faust builds its Kafka consumer from the app's transport: ``LeanConsumer`` (``lean.py``)."""
+    assert create_app(settings).transport.Consumer is LeanConsumer
