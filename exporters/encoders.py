@@ -143,7 +143,7 @@ def export_all(model_dir: str | Path, force: bool = False, image_statistics: flo
             started = time.perf_counter()
             manifest = export(model_dir)
             if isinstance(manifest, NotQuantized):
-                print(f"{name}: not made: {manifest.reason}", flush=True)
+                print(f"{name}: not made, the fp32 model serves alone: {manifest.reason}", flush=True)
                 continue
             print(f"{name}: done in {time.perf_counter() - started:.1f} s (version {manifest['version']})", flush=True)
         manifests.append(manifest)

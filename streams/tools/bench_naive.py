@@ -31,13 +31,13 @@ def naive_items_per_s(settings: Settings, events: Sequence[ProductEvent]) -> flo
     import torch
     from qdrant_client import QdrantClient, models
 
-    from encoders_onnx.image import ImageEncoder
-    from exporters.encoders import TEXT_MAX_LENGTH
+    from encoders_onnx.image import ImagePreprocessing
+    from exporters.encoders import IMAGE_PREPROCESSING, TEXT_MAX_LENGTH
     from exporters.torch_models import load_minilm, load_mobilenet_v2
 
     text_model, image_model = load_minilm(), load_mobilenet_v2()
     tokenizer = load_tokenizer(Path(settings.model_dir) / "tokenizer.json", TEXT_MAX_LENGTH)
-    preprocess = ImageEncoder(settings.model_dir, "cpu").preprocess  # the same pixels as the pipeline
+    preprocess = ImagePreprocessing(IMAGE_PREPROCESSING)  # the torch model's own, as the packaged export's
     limits = MediaLimits.for_images(settings)
     with tempfile.TemporaryDirectory(prefix="shelfstream-naive-") as folder:
         client = QdrantClient(path=folder)
