@@ -126,6 +126,9 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--points", type=int, default=44_000, help="points of --store (default 44000)")
     bench.add_argument("--no-local-mode", action="store_true", help="--store without the slow local-mode baseline")
     bench.add_argument("--no-optimize", action="store_true", help="--store without optimize() (int8 quantization of fused, seconds at 44k)")
+    bench.add_argument("--consumer", action="store_true", help="benchmark Faust's consumer alone: mode's per-message wait against LeanConsumer")
+    bench.add_argument("--events", type=int, default=20_000, help="events of --consumer (default 20000)")
+    bench.add_argument("--work-ms", type=float, default=0.24, help="GIL-held CPU per event of --consumer, ms (default 0.24: a price update's pipeline)")
 
     lazy = {
         "train": command("train", cmd_train, "train alignment heads and fusion on a catalog (torch), export the ONNX bundle"),
@@ -333,6 +336,12 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> None:
         print(json.dumps(run_store_bench(settings, args.points, quiet=args.json, local_mode=not args.no_local_mode,
                                          optimize=not args.no_optimize),
                          indent=None if args.json else 2))
+        return
+    if args.consumer:
+        from streams.tools.bench_consumer import run_consumer_bench
+
+        say = (lambda _: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+        print(json.dumps(run_consumer_bench(settings, args.events, args.work_ms, say=say), indent=None if args.json else 2))
         return
     from streams.tools.bench import run_bench
 
