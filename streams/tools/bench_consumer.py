@@ -1,11 +1,11 @@
 """``shelfstream bench --consumer``: Faust's consumer alone, with mode's per-message wait and with
 ``LeanConsumer`` (``streams/worker/lean.py``), side by side in one run.
 
-Each variant is a Faust app in its own process that takes the same number of events already in a
-topic of the embedded broker, in batches of 32 on two actors as the worker does, and spends
-``work_ms`` of CPU per event in its executor while holding the GIL (0.24 ms: a price update's
-pipeline cost), so the rate shows what Faust's own per-event steps take from the one core
-Python has. The variants alternate ``rounds`` times; the ratio is of the medians.
+Each variant is a Faust app in its own process, configured as the worker's (``faust_app``), that
+takes the same number of events already in a topic of the embedded broker, in batches of 32 on
+two actors as the worker does, and spends ``work_ms`` of CPU per event in its executor while
+holding the GIL (0.24 ms: a price update's pipeline cost), so the rate shows what Faust's own
+per-event steps take from the one core Python has. The variants alternate ``rounds`` times; the ratio is of the medians.
 """
 
 from __future__ import annotations
@@ -74,16 +74,11 @@ def _child(variant: str, events: int, work_ms: float) -> None:
     """One variant: consume ``events`` events, print the rate as JSON, exit."""
     import faust
 
-    from streams.worker.lean import EventlessMonitor, LeanApp
+    from streams.worker.app import faust_app
+    from streams.worker.lean import LeanApp
 
     settings = Settings.from_env()
-    datadir = settings.state_path / "faust"
-    datadir.mkdir(parents=True, exist_ok=True)
-    app_class = LeanApp if variant == "lean" else faust.App
-    app = app_class(settings.app_id, broker=f"kafka://{settings.kafka_bootstrap}", web_enabled=False,
-                    topic_partitions=settings.partitions, datadir=str(datadir / settings.app_id),
-                    monitor=EventlessMonitor(), stream_wait_empty=False, broker_session_timeout=10,
-                    broker_heartbeat_interval=1, broker_rebalance_timeout=20)
+    app = faust_app(settings, LeanApp if variant == "lean" else faust.App)
     topic = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     seen, started = [0], [0.0]
 

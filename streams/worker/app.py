@@ -223,12 +223,12 @@ class WorkerState:
         }
 
 
-def create_app(settings: Settings) -> faust.App:
-    if settings.batches_in_flight < 1:
-        raise ValueError(f"SHELFSTREAM_BATCHES_IN_FLIGHT must be 1 or more, not {settings.batches_in_flight}")
+def faust_app(settings: Settings, app_class: type[faust.App] = LeanApp) -> faust.App:
+    """The Faust app as the worker configures it, with no agents yet (``bench --consumer`` builds
+    one of each ``app_class`` to compare consumers)."""
     datadir = settings.state_path / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
-    app = LeanApp(
+    app = app_class(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         web_enabled=False,  # the query API (uvicorn, _serve_query_api) serves SHELFSTREAM_WEB_PORT
@@ -245,6 +245,18 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(datadir / settings.app_id),
         monitor=EventlessMonitor(),
     )
+
+    @app.on_partitions_assigned.connect
+    async def shorten_fetch_wait(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
+        _set_fetch_max_wait(sender, settings.fetch_max_wait_ms)
+
+    return app
+
+
+def create_app(settings: Settings) -> faust.App:
+    if settings.batches_in_flight < 1:
+        raise ValueError(f"SHELFSTREAM_BATCHES_IN_FLIGHT must be 1 or more, not {settings.batches_in_flight}")
+    app = faust_app(settings)
     worker = WorkerState(settings)
     events = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     interactions = app.topic(settings.interactions_topic, key_serializer="raw", value_serializer="raw",
@@ -310,10 +322,6 @@ def create_app(settings: Settings) -> faust.App:
             await asyncio.get_running_loop().run_in_executor(None, ensure_topics, settings)
         except Exception as exc:  # the broker is down: the next tick tries again
             log.warning("cannot check the topics: %s", exc)
-
-    @app.on_partitions_assigned.connect
-    async def shorten_fetch_wait(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
-        _set_fetch_max_wait(sender, settings.fetch_max_wait_ms)
 
     _serve_query_api(app, worker)
     return app

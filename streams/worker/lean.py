@@ -72,6 +72,7 @@ def _resumed(coroutine: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any
 
 
 async def _rest_of(coroutine: Coroutine[Any, Any, Any], pending: Any) -> Any:
+    """``_resumed`` as a coroutine: mode's ``wait_first`` takes awaitables, not generators."""
     return await _resumed(coroutine, pending)
 
 

@@ -16,17 +16,15 @@ from streams.worker.lean import LeanWait
 
 
 class Drain(LeanWait, Service):
-    """The part of Faust's consumer ``LeanWait`` needs, and a count of tasks made."""
+    """The part of Faust's consumer ``LeanWait`` needs."""
 
     def __init__(self) -> None:
         super().__init__()
         self.suspend_flow = asyncio.Event()
-        self.fallbacks = 0
 
     async def drain(self, callback: Any) -> Any:
         """The drain loop's call, as Faust makes it."""
         return await self.wait_first(callback, self.suspend_flow.wait())
-
 
 
 @contextlib.contextmanager
