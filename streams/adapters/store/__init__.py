@@ -46,6 +46,7 @@ from streams.adapters.store.model import (
     category_prefixes,
     keyword_document,
     keyword_query,
+    payload_digest,
     point_id,
     with_derived_fields,
     without_derived_fields,
@@ -135,18 +136,18 @@ class ProductStore:
         second read (the caller is the products' only writer between the two)."""
         if not payloads:
             return
-        new = {pid: with_derived_fields(payload) for pid, payload in payloads.items()}
+        new = {pid: payload_digest(payload) for pid, payload in payloads.items()}
         with self._lock:
             digests = {pid: stored[pid].payload_digest for pid in new if stored and pid in stored}
             unknown = [pid for pid in new if pid not in digests]
             if unknown:
                 records = self._engine.retrieve(self.collection, [point_id(pid) for pid in unknown], ["product_id", PAYLOAD_DIGEST], ())
                 digests.update({r.product_id: r.payload.get(PAYLOAD_DIGEST) for r in records if r.product_id in new})
-            steady = {pid for pid, digest in digests.items() if digest == new[pid][PAYLOAD_DIGEST]}
+            steady = {pid for pid, digest in digests.items() if digest == new[pid]}
             self._engine.set_payloads(self.collection, {
-                point_id(pid): {k: new[pid][k] for k in VOLATILE_FIELDS if k in new[pid]} for pid in steady})
-            self._engine.overwrite_payloads(
-                self.collection, {point_id(pid): payload for pid, payload in new.items() if pid not in steady})
+                point_id(pid): {k: payloads[pid][k] for k in VOLATILE_FIELDS if k in payloads[pid]} for pid in steady})
+            self._engine.overwrite_payloads(self.collection, {
+                point_id(pid): with_derived_fields(payload) for pid, payload in payloads.items() if pid not in steady})
 
     def delete(self, product_ids: Sequence[str]) -> None:
         if product_ids:

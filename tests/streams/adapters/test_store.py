@@ -32,7 +32,7 @@ from streams.adapters.store import (
     point_id,
     with_derived_fields,
 )
-from streams.adapters.store.model import NATIVE_FIELDS, PACKED, packed_payload, unpacked_payload
+from streams.adapters.store.model import NATIVE_FIELDS, PACKED, packed_payload, payload_digest, unpacked_payload
 from streams.settings import Settings
 
 DIMS = {"text": 3, "image": 4, "fused": 2}
@@ -398,6 +398,17 @@ def test_a_price_change_rewrites_only_what_changed_and_filters_see_all_of_it(sto
     store.overwrite_payloads({"a": without_price}, states())
     assert store.get("a").payload == without_price and found(price_min=0) == ["b"]
     assert store.get("b").payload["price"] == 5.0  # others untouched
+
+
+def test_the_payload_digest_moves_with_steady_fields_only():
+    """What decides that a rewrite sends only the volatile fields: computed on the product's own
+    fields, so the derived ones (added by the store) never change it."""
+    shoe = point("a", {"fused": [1, 0]}, price=100.0, title="Shoe", category=["Footwear"], attributes={"colour": "Red"}).payload
+    digest = payload_digest(shoe)
+    assert payload_digest({**shoe, "price": 80.0, "version": 7}) == digest
+    assert payload_digest(with_derived_fields(shoe)) == digest
+    assert payload_digest({**shoe, "attributes": {"colour": "Blue"}}) != digest
+    assert payload_digest({k: v for k, v in shoe.items() if k != "price"}) != digest  # a volatile field dropped
 
 
 def test_points_missing_a_named_vector_are_found_by_the_vectors_they_have(store):

@@ -365,6 +365,11 @@ def test_every_field_over_its_limit_is_rejected_naming_the_knob(fields, knob):
     assert str(info.value).endswith(f"(SHELFSTREAM_{knob})")
 
 
+def test_an_attribute_over_its_limit_is_named_in_the_reason():
+    with pytest.raises(EventError, match=r"^attribute 'size''s length is 7, over the limit of 6 "):
+        parse_event(raw(**upsert(title="Shirt", attributes={"size": "1234567"})), SMALL)
+
+
 def test_within_every_limit_is_accepted():
     event = parse_event(raw(**upsert(product_id="p" * 8, title="t" * 10, attributes={"sizes": "123456"},
                                      category="A > B > Topwear", image_uris=["a.jpg", "b.jpg"])), SMALL)
