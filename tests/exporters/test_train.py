@@ -19,7 +19,7 @@ from encoders_onnx.fusion import FusionModel  # noqa: E402
 from encoders_onnx.session import l2_normalize  # noqa: E402
 from exporters.features import Features  # noqa: E402
 from exporters.metrics import item_to_item, text_to_image  # noqa: E402
-from exporters.train import TrainConfig, export_bundle, fit, neighbour_banks  # noqa: E402
+from exporters.train import TrainConfig, export_bundle, fit, kmeans, nearest, neighbour_banks  # noqa: E402
 
 
 def test_csv_catalog_through_a_mapping(tmp_path: Path) -> None:
@@ -168,6 +168,45 @@ def test_cross_modal_autoencoder_rebuilds_a_hidden_modality_better_than_chance()
     recall = text_to_image(l2_normalize(rebuilt_image.numpy()), image.numpy())["recall@10"]
     assert recall > 3 * 10 / len(text)
 
+
+
+def test_pseudo_label_fusion_learns_no_label_and_still_groups_the_classes(tmp_path: Path) -> None:
+    """``pseudo_labels``: the fusion learns k-means clusters of the projections, never the labels
+    (shuffled labels give the very same weights), its test vectors still group the real classes,
+    and the bundle says what the fusion learned."""
+    import torch
+
+    features, labels, split = synthetic()
+    config = dataclasses.replace(SMALL, pseudo_labels=12)
+    trained = fit(features, labels, split, config, seed=0)
+    shuffled = fit(features, np.random.default_rng(1).permutation(labels), split, config, seed=0)
+    for (name, x), (_, y) in zip(trained.fusion.state_dict().items(), shuffled.fusion.state_dict().items()):
+        assert np.array_equal(x.numpy(), y.numpy()), name
+    supervised = fit(features, labels, split, SMALL, seed=0)  # the same run learning the labels differs
+
+    def weights(t: object) -> np.ndarray:
+        return np.concatenate([w.numpy().ravel() for w in t.fusion.state_dict().values()])
+
+    assert not np.array_equal(weights(supervised), weights(trained))
+    test = features.rows(split["test"])
+    with torch.no_grad():
+        z = [trained.heads.heads[m](torch.from_numpy(test.vectors[m])) for m in test.modalities]
+        mask = torch.from_numpy(np.stack([test.present[m] for m in test.modalities], axis=1).astype(np.float32))
+        fused = trained.fusion(z, mask).numpy()
+    assert item_to_item(fused, labels[split["test"]])["p@10"] > 3 / 12  # chance ~ 1/12
+    bundle = export_bundle(trained, features, tmp_path, config, {"seed": 0})
+    assert bundle["fusions"]["learned"]["loss"].startswith("supervised contrastive on 12 k-means clusters")
+
+
+def test_kmeans_finds_separated_clusters_and_bounds_k() -> None:
+    rng = np.random.default_rng(0)
+    centres = l2_normalize(rng.standard_normal((4, 8)))
+    truth = rng.integers(0, 4, 400)
+    x = l2_normalize(centres[truth] + 0.05 * rng.standard_normal((400, 8)))
+    found = nearest(x, kmeans(x, 4, seed=0))
+    assert len({(t, f) for t, f in zip(truth, found)}) == 4  # one found cluster per true one
+    with pytest.raises(ValueError, match="between 1 and the 400 training products"):
+        kmeans(x, 401, seed=0)
 
 
 def test_neighbour_banks_hold_the_train_products_that_have_another_modality() -> None:
