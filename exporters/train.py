@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from encoders_onnx.fusion import BUNDLE_MANIFEST, FusionModel
-from encoders_onnx.session import FP32
+from encoders_onnx.session import FP32, l2_normalize
 from exporters.catalog import Catalog, CatalogMapping, add_catalog_arguments, load_catalog, mapping_from_args
 from exporters.features import DEFAULT_CACHE_DIR, Features, MediaDecoding, add_feature_arguments, extract_features
 from exporters.heads import (
@@ -142,8 +142,7 @@ def fit(features: Features, fine: np.ndarray, split: Mapping[str, np.ndarray], c
 
 def projection_mean(projected: Mapping[str, np.ndarray], features: Features) -> np.ndarray:
     """The unit mean of each product's present projections: the label-free fusion."""
-    total = sum(projected[m] * features.present[m][:, None] for m in features.modalities)
-    return total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(sum(projected[m] * features.present[m][:, None] for m in features.modalities))
 
 
 def kmeans(x: np.ndarray, k: int, seed: int, iterations: int = 30) -> np.ndarray:
@@ -158,7 +157,7 @@ def kmeans(x: np.ndarray, k: int, seed: int, iterations: int = 30) -> np.ndarray
         np.add.at(sums, nearest(x, centroids), x)
         empty = ~sums.any(axis=1)
         sums[empty] = x[rng.integers(len(x), size=int(empty.sum()))]
-        centroids = sums / np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = l2_normalize(sums)
     return centroids
 
 

@@ -136,14 +136,14 @@ class ProductStore:
         second read (the caller is the products' only writer between the two)."""
         if not payloads:
             return
-        new = {pid: payload_digest(payload) for pid, payload in payloads.items()}
+        new_digests = {pid: payload_digest(payload) for pid, payload in payloads.items()}
         with self._lock:
-            digests = {pid: stored[pid].payload_digest for pid in new if stored and pid in stored}
-            unknown = [pid for pid in new if pid not in digests]
+            digests = {pid: stored[pid].payload_digest for pid in new_digests if stored and pid in stored}
+            unknown = [pid for pid in new_digests if pid not in digests]
             if unknown:
                 records = self._engine.retrieve(self.collection, [point_id(pid) for pid in unknown], ["product_id", PAYLOAD_DIGEST], ())
-                digests.update({r.product_id: r.payload.get(PAYLOAD_DIGEST) for r in records if r.product_id in new})
-            steady = {pid for pid, digest in digests.items() if digest == new[pid]}
+                digests.update({r.product_id: r.payload.get(PAYLOAD_DIGEST) for r in records if r.product_id in new_digests})
+            steady = {pid for pid, digest in digests.items() if digest == new_digests[pid]}
             self._engine.set_payloads(self.collection, {
                 point_id(pid): {k: payloads[pid][k] for k in VOLATILE_FIELDS if k in payloads[pid]} for pid in steady})
             self._engine.overwrite_payloads(self.collection, {
