@@ -42,7 +42,7 @@ from exporters.features import (
     extract_features,
     zero_shot_bridge,
 )
-from exporters.metrics import K, fused_vectors, item_to_item, method_metrics, split_labels
+from exporters.metrics import K, fused_vectors, item_to_item, method_metrics, projection_mean, split_labels
 from exporters.shoppers import add_shopper_arguments
 
 LATE_FUSION_STEP = 0.1
@@ -148,7 +148,7 @@ def evaluate(
         for m in test.modalities:
             methods[f"learned_fusion_without_{m}"] = row(fused_vectors(learned, test.without(m)))
     methods["autoencoder_fusion"] = row(fused_vectors(autoencoder, test))
-    methods["projection_mean"] = row(l2_normalize(sum(z.values())))
+    methods["projection_mean"] = row(projection_mean(z, test))
     best_single = max(test.modalities, key=lambda m: item_to_item(val.vectors[m], fine_all[split["val"]])[f"p@{K}"])
     if single_modality_baseline:
         methods[f"supervised_{best_single}_only"] = row(

@@ -8,6 +8,7 @@ from typing import Mapping
 import numpy as np
 
 from encoders_onnx.fusion import MODALITIES, FusionModel
+from encoders_onnx.session import l2_normalize
 from exporters.catalog import Catalog
 from exporters.features import Features
 
@@ -141,6 +142,11 @@ def split_labels(catalog: Catalog, index: np.ndarray) -> dict[str, np.ndarray]:
     """Label codes of some products per level; ``coarse`` only where the mapping names one."""
     levels = LEVELS if catalog.mapping.coarse else ("fine",)
     return {level: catalog.labels(level)[index] for level in levels}
+
+
+def projection_mean(projected: Mapping[str, np.ndarray], features: Features) -> np.ndarray:
+    """The unit mean of each product's present projections: the label-free fusion."""
+    return l2_normalize(sum(projected[m] * features.present[m][:, None] for m in features.modalities))
 
 
 def fused_vectors(model: FusionModel, features: Features) -> np.ndarray:

@@ -55,7 +55,7 @@ from exporters.heads import (
     modality_adversarial,
     supervised_contrastive,
 )
-from exporters.metrics import bundle_metrics, item_to_item, split_labels, text_to_image
+from exporters.metrics import bundle_metrics, item_to_item, projection_mean, split_labels, text_to_image
 from exporters.onnx_export import atomic_write, export_onnx
 
 
@@ -138,11 +138,6 @@ def fit(features: Features, fine: np.ndarray, split: Mapping[str, np.ndarray], c
     autoencoder, history["autoencoder"] = fit_autoencoder(train, val, config, generator)
     banks = neighbour_banks(projected["train"], train.present, config, generator) if config.neighbours else {}
     return Trained(heads, fusion, autoencoder, history, banks)
-
-
-def projection_mean(projected: Mapping[str, np.ndarray], features: Features) -> np.ndarray:
-    """The unit mean of each product's present projections: the label-free fusion."""
-    return l2_normalize(sum(projected[m] * features.present[m][:, None] for m in features.modalities))
 
 
 def kmeans(x: np.ndarray, k: int, seed: int, iterations: int = 30) -> np.ndarray:
