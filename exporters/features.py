@@ -2,9 +2,9 @@
 
 Training and evaluation read the same vectors the worker computes (same ONNX graphs, same
 preprocessing), so a trained head never meets a train/serve skew. Each modality has its own
-cache file keyed by the encoder version and the exact inputs (texts; media paths with size and
-mtime), so editing one title re-encodes the texts only, and a new encoder export invalidates
-only its modality.
+cache file keyed by the encoder version and the exact inputs (texts; the bytes of each media
+file), so editing one title re-encodes the texts only, a new encoder export invalidates only its
+modality, and a catalog copied or moved elsewhere (new paths, new mtimes) keeps its cache.
 """
 
 from __future__ import annotations
@@ -197,15 +197,19 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def media_keys(paths: Sequence[Path | None]) -> list[str]:
-    """Path, size and mtime of each file: a replaced file changes the key without hashing its bytes."""
-    keys = []
-    for path in paths:
-        try:
-            st = path.stat() if path is not None else None
-        except OSError:
-            st = None
-        keys.append(f"{path}|{st.st_size}|{st.st_mtime_ns}" if st else f"{path}|missing")
-    return keys
+    """A digest of each file's bytes ("missing" where there is none). Bytes, not path and mtime: a
+    copied or moved catalog keeps its cache, and a file replaced by one of the same size and mtime
+    (``cp -p``, ``rsync -t``) is not taken for the old one. 44k photos (174 MB): ~2 s to hash,
+    ~4 min to encode."""
+    return [_file_digest(path) if path is not None else "missing" for path in paths]
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        with path.open("rb") as file:
+            return hashlib.file_digest(file, "blake2b").hexdigest()
+    except OSError:
+        return "missing"
 
 
 def _encode_texts(encoder: TextEncoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
