@@ -27,7 +27,7 @@ from tqdm import tqdm
 from encoders_onnx.decoding import MediaError, load_image
 from encoders_onnx.fusion import MODALITIES
 from encoders_onnx.image import ImageEncoder
-from encoders_onnx.session import FP32, PRECISIONS, l2_normalize
+from encoders_onnx.session import FP32, PRECISIONS, file_sha256, l2_normalize
 from encoders_onnx.text import TextEncoder
 from encoders_onnx.video import VideoEncoder, VideoError, VideoLimits
 from exporters.catalog import Catalog
@@ -206,8 +206,7 @@ def media_keys(paths: Sequence[Path | None]) -> list[str]:
 
 def _file_digest(path: Path) -> str:
     try:
-        with path.open("rb") as file:
-            return hashlib.file_digest(file, "blake2b").hexdigest()
+        return file_sha256(path)
     except OSError:
         return "missing"
 
