@@ -170,6 +170,27 @@ def test_cross_modal_autoencoder_rebuilds_a_hidden_modality_better_than_chance()
 
 
 
+def test_heads_learn_the_label_unless_told_not_to() -> None:
+    """The heads' supervised term reads the labels (shuffled labels train other heads); at weight 0
+    they are label-free (the same heads), which ``pseudo_labels`` requires."""
+    from exporters.train import fit_heads, seed_everything
+
+    features, labels, split = synthetic()
+    train, val = features.rows(split["train"]), features.rows(split["val"])
+    shuffled = np.random.default_rng(1).permutation(labels)
+
+    def head_weights(config: TrainConfig, y: np.ndarray) -> np.ndarray:
+        heads, _ = fit_heads(train, val, y[split["train"]], config, seed_everything(0, config.threads))
+        return np.concatenate([w.numpy().ravel() for w in heads.state_dict().values()])
+
+    assert SMALL.head_supcon_weight > 0
+    assert not np.array_equal(head_weights(SMALL, labels), head_weights(SMALL, shuffled))
+    label_free = dataclasses.replace(SMALL, head_supcon_weight=0.0)
+    assert np.array_equal(head_weights(label_free, labels), head_weights(label_free, shuffled))
+    with pytest.raises(ValueError, match="--head-supcon-weight 0"):
+        dataclasses.replace(SMALL, pseudo_labels=12)
+
+
 def test_pseudo_label_fusion_learns_no_label_and_still_groups_the_classes(tmp_path: Path) -> None:
     """``pseudo_labels``: the fusion learns k-means clusters of the projections, never the labels
     (shuffled labels give the very same weights), its test vectors still group the real classes,
@@ -177,7 +198,7 @@ def test_pseudo_label_fusion_learns_no_label_and_still_groups_the_classes(tmp_pa
     import torch
 
     features, labels, split = synthetic()
-    config = dataclasses.replace(SMALL, pseudo_labels=12)
+    config = dataclasses.replace(SMALL, pseudo_labels=12, head_supcon_weight=0.0)
     trained = fit(features, labels, split, config, seed=0)
     shuffled = fit(features, np.random.default_rng(1).permutation(labels), split, config, seed=0)
     for (name, x), (_, y) in zip(trained.fusion.state_dict().items(), shuffled.fusion.state_dict().items()):
