@@ -19,7 +19,7 @@ from encoders_onnx.fusion import FusionModel  # noqa: E402
 from encoders_onnx.session import l2_normalize  # noqa: E402
 from exporters.features import Features  # noqa: E402
 from exporters.metrics import item_to_item, text_to_image  # noqa: E402
-from exporters.train import TrainConfig, export_bundle, fit, kmeans, nearest, neighbour_banks  # noqa: E402
+from exporters.train import TrainConfig, export_bundle, fit, kmeans, nearest, neighbour_banks, title_groups  # noqa: E402
 
 
 def test_csv_catalog_through_a_mapping(tmp_path: Path) -> None:
@@ -191,19 +191,28 @@ def test_heads_learn_the_label_unless_told_not_to() -> None:
         dataclasses.replace(SMALL, pseudo_labels=12)
 
 
-def test_pseudo_label_fusion_learns_no_label_and_still_groups_the_classes(tmp_path: Path) -> None:
-    """``pseudo_labels``: the fusion learns k-means clusters of the projections, never the labels
-    (shuffled labels give the very same weights), its test vectors still group the real classes,
-    and the bundle says what the fusion learned."""
+CLASS_WORDS = ("shirt", "jeans", "socks", "dress", "cap", "belt", "watch", "scarf", "boots", "tie", "bag", "skirt")
+
+
+@pytest.mark.parametrize("knobs, learned_from", [
+    ({"pseudo_labels": 12}, "12 k-means clusters"),
+    ({"title_groups": 1, "title_group_min": 3}, "groups of the titles' last 1 words"),
+])
+def test_label_free_fusions_learn_no_label_and_still_group_the_classes(
+        tmp_path: Path, knobs: dict, learned_from: str) -> None:
+    """``pseudo_labels`` (k-means clusters of the projections) and ``title_groups`` (the titles'
+    last words): the fusion never learns the labels (shuffled labels give the very same weights),
+    its test vectors still group the real classes, and the bundle says what the fusion learned."""
     import torch
 
     features, labels, split = synthetic()
-    config = dataclasses.replace(SMALL, pseudo_labels=12, head_supcon_weight=0.0)
-    trained = fit(features, labels, split, config, seed=0)
-    shuffled = fit(features, np.random.default_rng(1).permutation(labels), split, config, seed=0)
+    titles = [f"Brand {'xyz'[i % 3]} {i} {CLASS_WORDS[label]}" for i, label in enumerate(labels)]
+    config = dataclasses.replace(SMALL, head_supcon_weight=0.0, **knobs)
+    trained = fit(features, labels, split, config, seed=0, titles=titles)
+    shuffled = fit(features, np.random.default_rng(1).permutation(labels), split, config, seed=0, titles=titles)
     for (name, x), (_, y) in zip(trained.fusion.state_dict().items(), shuffled.fusion.state_dict().items()):
         assert np.array_equal(x.numpy(), y.numpy()), name
-    supervised = fit(features, labels, split, SMALL, seed=0)  # the same run learning the labels differs
+    supervised = fit(features, labels, split, SMALL, seed=0, titles=titles)  # the same run learning the labels differs
 
     def weights(t: object) -> np.ndarray:
         return np.concatenate([w.numpy().ravel() for w in t.fusion.state_dict().values()])
@@ -216,7 +225,31 @@ def test_pseudo_label_fusion_learns_no_label_and_still_groups_the_classes(tmp_pa
         fused = trained.fusion(z, mask).numpy()
     assert item_to_item(fused, labels[split["test"]])["p@10"] > 3 / 12  # chance ~ 1/12
     bundle = export_bundle(trained, features, tmp_path, config, {"seed": 0})
-    assert bundle["fusions"]["learned"]["loss"].startswith("supervised contrastive on 12 k-means clusters")
+    assert bundle["fusions"]["learned"]["loss"].startswith(f"supervised contrastive on {learned_from}")
+
+
+def test_title_groups_are_the_titles_last_words_shared_by_enough_train_products() -> None:
+    titles = ["Nike Men Blue Running Shoes", "PUMA running  shoes!", "Adidas Running Shoes 2", "Red Chief Formal Shoes",
+              "Pack of 3", "", "Lone Hat", "Wool Hat", "Val Hat"]
+    train = np.arange(8)  # "Val Hat" is not a train product: it joins a group but does not count for one
+    two = title_groups(titles, train, words=2, min_size=2)
+    assert two[0] == two[1] == two[2]  # case, punctuation and a trailing number do not matter
+    assert len(set(two.tolist())) == 7  # running shoes; the other six each alone
+    one = title_groups(titles, train, words=1, min_size=2)
+    assert one[0] == one[1] == one[2] == one[3] and one[6] == one[7] == one[8]
+    assert len(set(one.tolist())) == 4  # shoes, hat, and "pack of" and the empty title each alone
+    three = title_groups(titles, train, words=1, min_size=3)
+    assert three[0] == three[3] and len({three[6], three[7], three[8]}) == 3  # two train hats are too few
+
+
+def test_label_free_fusions_are_exclusive_and_title_groups_need_titles() -> None:
+    with pytest.raises(ValueError, match="set one of them, not both"):
+        dataclasses.replace(SMALL, head_supcon_weight=0.0, pseudo_labels=12, title_groups=2)
+    with pytest.raises(ValueError, match="title_groups trains label-free.*--head-supcon-weight 0"):
+        dataclasses.replace(SMALL, title_groups=2)
+    features, labels, split = synthetic()
+    with pytest.raises(ValueError, match="needs the products' titles"):
+        fit(features, labels, split, dataclasses.replace(SMALL, head_supcon_weight=0.0, title_groups=2), seed=0)
 
 
 def test_kmeans_finds_separated_clusters_and_bounds_k() -> None:
