@@ -233,8 +233,9 @@ def test_title_groups_are_the_titles_last_words_shared_by_enough_train_products(
               "Pack of 3", "", "Lone Hat", "Wool Hat", "Val Hat"]
     train = np.arange(8)  # "Val Hat" is not a train product: it joins a group but does not count for one
     two = title_groups(titles, train, words=2, min_size=2)
-    assert two[0] == two[1] == two[2]  # case, punctuation and a trailing number do not matter
-    assert len(set(two.tolist())) == 7  # running shoes; the other six each alone
+    assert two[0] == two[1] == two[2]  # "running shoes": case, punctuation and a trailing number do not matter
+    assert two[3] != two[0] and two[6] == two[7] == two[8]  # too few "formal shoes" or "wool hat": "shoes", "hat"
+    assert len(set(two.tolist())) == 5  # running shoes, shoes, hat; "pack of" and the empty title each alone
     one = title_groups(titles, train, words=1, min_size=2)
     assert one[0] == one[1] == one[2] == one[3] and one[6] == one[7] == one[8]
     assert len(set(one.tolist())) == 4  # shoes, hat, and "pack of" and the empty title each alone
