@@ -533,7 +533,7 @@ def export_bundle(
     input_dims = {**features.dims, "video": features.dims.get("video", features.dims["image"])}
     versions = {name: m["version"] for name, m in manifests.items()}
     learned_from = (f"{config.pseudo_labels} k-means clusters of the projection means (label-free)" if config.pseudo_labels
-                    else f"groups of the titles' last {config.title_groups} words (label-free)" if config.title_groups
+                    else f"groups of the titles' last words (up to {config.title_groups}, label-free)" if config.title_groups
                     else "the fine label")
     bundle = {
         "version": hashlib.sha256(json.dumps([versions, dataclasses.asdict(config)], sort_keys=True).encode()).hexdigest()[:12],

@@ -196,7 +196,7 @@ CLASS_WORDS = ("shirt", "jeans", "socks", "dress", "cap", "belt", "watch", "scar
 
 @pytest.mark.parametrize("knobs, learned_from", [
     ({"pseudo_labels": 12, "head_supcon_weight": 0.0}, "12 k-means clusters"),
-    ({"title_groups": 1, "title_group_min": 3}, "groups of the titles' last 1 words"),  # the heads' term reads them too
+    ({"title_groups": 1, "title_group_min": 3}, "groups of the titles' last words (up to 1"),  # the heads' term reads them too
 ])
 def test_label_free_fusions_learn_no_label_and_still_group_the_classes(
         tmp_path: Path, knobs: dict, learned_from: str) -> None:
