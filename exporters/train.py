@@ -122,6 +122,9 @@ class TrainConfig:
     threads: int = 2
 
     def __post_init__(self) -> None:
+        if self.title_groups < 0 or self.title_group_min < 1:
+            raise ValueError(f"title_groups must be 0 (off) or a number of words, and title_group_min at least 1; "
+                             f"got {self.title_groups} and {self.title_group_min}")
         if self.pseudo_labels and self.title_groups:
             raise ValueError("pseudo_labels and title_groups are two label-free fusions: set one of them, not both")
         if self.pseudo_labels and self.head_supcon_weight:
@@ -202,13 +205,13 @@ def title_groups(titles: Sequence[str], train_rows: np.ndarray, words: int, min_
     digits and punctuation dropped) that at least ``min_size`` train titles share: "running shoes"
     where enough titles end so, else "shoes". A title with no such ending gets a code of its own,
     so it has no positives. Codes follow the sorted endings."""
-    split = [_LETTERS.findall(title.lower()) for title in titles]
+    worded = [_LETTERS.findall(title.lower()) for title in titles]
 
     def endings(title_words: list[str]) -> list[str]:  # longest first
         return list(dict.fromkeys(" ".join(title_words[-n:]) for n in range(words, 0, -1) if title_words))
 
-    counts = Counter(ending for row in train_rows for ending in endings(split[row]))
-    chosen = [next((e for e in endings(w) if counts[e] >= min_size), None) for w in split]
+    counts = Counter(ending for row in train_rows for ending in endings(worded[row]))
+    chosen = [next((e for e in endings(title_words) if counts[e] >= min_size), None) for title_words in worded]
     codes = {ending: code for code, ending in enumerate(sorted({e for e in chosen if e is not None}))}
     return np.asarray([codes[e] if e is not None else len(codes) + row for row, e in enumerate(chosen)], dtype=np.int64)
 

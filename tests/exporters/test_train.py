@@ -250,6 +250,9 @@ def test_title_groups_are_the_titles_last_words_shared_by_enough_train_products(
 def test_label_free_fusions_are_exclusive_and_title_groups_need_titles() -> None:
     with pytest.raises(ValueError, match="set one of them, not both"):
         dataclasses.replace(SMALL, head_supcon_weight=0.0, pseudo_labels=12, title_groups=2)
+    for bad in ({"title_groups": -1}, {"title_groups": 2, "title_group_min": 0}):
+        with pytest.raises(ValueError, match="title_group_min at least 1"):
+            dataclasses.replace(SMALL, **bad)
     features, labels, split = synthetic()
     with pytest.raises(ValueError, match="needs the products' titles"):
         fit(features, labels, split, dataclasses.replace(SMALL, title_groups=2), seed=0)
