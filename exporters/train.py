@@ -205,13 +205,10 @@ def title_groups(titles: Sequence[str], train_rows: np.ndarray, words: int, min_
     digits and punctuation dropped) that at least ``min_size`` train titles share: "running shoes"
     where enough titles end so, else "shoes". A title with no such ending gets a code of its own,
     so it has no positives. Codes follow the sorted endings."""
-    worded = [_LETTERS.findall(title.lower()) for title in titles]
-
-    def endings(title_words: list[str]) -> list[str]:  # longest first
-        return list(dict.fromkeys(" ".join(title_words[-n:]) for n in range(words, 0, -1) if title_words))
-
-    counts = Counter(ending for row in train_rows for ending in endings(worded[row]))
-    chosen = [next((e for e in endings(title_words) if counts[e] >= min_size), None) for title_words in worded]
+    endings = [list(dict.fromkeys(" ".join(title_words[-n:]) for n in range(words, 0, -1) if title_words))  # longest first
+               for title_words in (_LETTERS.findall(title.lower()) for title in titles)]
+    counts = Counter(ending for row in train_rows for ending in endings[row])
+    chosen = [next((e for e in own if counts[e] >= min_size), None) for own in endings]
     codes = {ending: code for code, ending in enumerate(sorted({e for e in chosen if e is not None}))}
     return np.asarray([codes[e] if e is not None else len(codes) + row for row, e in enumerate(chosen)], dtype=np.int64)
 
