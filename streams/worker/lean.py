@@ -3,6 +3,7 @@ Faust's own per-event steps were half of a price update's CPU.
 
 - ``EventlessMonitor`` skips the monitor's four per-event hooks (``/metrics`` counts events
   already; ~2% of the worker's time during price updates).
+- ``RawSchema`` hands each record's bytes over as they are.
 - ``LeanConsumer`` makes the consumer's per-message wait cheaper. Faust's drain loop hands every
   message to the conductor with ``await self.wait_first(callback(message), self.suspend_flow.wait())``
   (the callback races a rebalance suspending the flow), and mode's ``wait_first`` races with four
@@ -104,6 +105,24 @@ class LeanWait(Service):
         return (inspect.iscoroutine(callback) and inspect.getcoroutinestate(callback) == inspect.CORO_CREATED
                 and inspect.iscoroutine(suspended) and suspended.cr_code is asyncio.Event.wait.__code__
                 and suspended.cr_frame is not None and suspended.cr_frame.f_locals.get("self") is self.suspend_flow)
+
+
+class RawSchema(faust.Schema):
+    """Keys and values as the bytes on the wire (the pipeline parses and judges them). Faust's own
+    schema passes each through the serializer registry even for the ``raw`` codec (settings and
+    codec lookups, a chain of calls) to return the same bytes. Measured through the real worker
+    (400 products, 40 price rounds, six runs each, alternating): 3,073 -> 3,288 updates/s."""
+
+    def __init__(self) -> None:
+        super().__init__(key_serializer="raw", value_serializer="raw")
+
+    def compile(self, app: Any, **_: Any) -> Any:
+        create_event = app.create_event
+
+        async def decode(message: Any, *, propagate: bool = False) -> Any:
+            return create_event(message.key, message.value, message.headers, message)
+
+        return decode
 
 
 class LeanConsumer(LeanWait, aiokafka.Consumer):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from streams.worker.app import WorkerState, create_app
-from streams.worker.lean import EventlessMonitor, LeanConsumer
+from streams.worker.lean import EventlessMonitor, LeanConsumer, RawSchema
 from streams.worker.pipeline import SERVICE_ERRORS, IncomingMessage
 
 pytestmark = pytest.mark.integration
@@ -120,3 +120,10 @@ def test_status_says_when_the_last_batch_ended_by_the_wall_clock(settings, catal
 def test_the_app_consumes_with_the_lean_consumer(settings):
     """Faust builds its Kafka consumer from the app's transport: ``LeanConsumer`` (``lean.py``)."""
     assert create_app(settings).transport.Consumer is LeanConsumer
+
+
+def test_every_agent_reads_its_records_bytes_through_the_raw_schema(settings):
+    """The pipeline parses events itself (a bad one is a dead letter with its reason), so no agent
+    may have Faust decode them: each reads the bytes through ``RawSchema``."""
+    agents = create_app(settings).agents.values()
+    assert len(agents) == 3 and all(isinstance(agent.channel.schema, RawSchema) for agent in agents)

@@ -9,10 +9,12 @@ import gc
 import warnings
 from typing import Any, Iterator
 
+import faust
 import pytest
+from faust.types import Message
 from mode import Service
 
-from streams.worker.lean import LeanWait
+from streams.worker.lean import LeanWait, RawSchema
 
 
 class Drain(LeanWait, Service):
@@ -120,3 +122,16 @@ def test_other_waits_go_to_mode():
 
     result, tasks = tasks_made_during(run)
     assert tasks >= 2 and result.done and not result.stopped
+
+
+def test_the_raw_schema_hands_over_a_records_bytes_unchanged():
+    """``RawSchema``: the event's key and value are the record's bytes, whatever they hold (bad
+    UTF-8, not JSON: the pipeline judges them), and what a worker sends goes out as given."""
+    app = faust.App("raw-schema-test", broker="memory://")  # nothing started
+    topic = app.topic("events", schema=RawSchema())
+    message = Message(topic="events", partition=0, offset=7, timestamp=0.0, timestamp_type=0,
+                      headers=[("h", b"1")], key=b"\xff key", value=b"\x00 not json", checksum=None)
+    event = asyncio.run(topic.decode(message))
+    assert (event.key, event.value, event.message) == (b"\xff key", b"\x00 not json", message)
+    assert topic.prepare_key(b"\xff", None)[0] == b"\xff"
+    assert topic.prepare_value(b"\x00 not json", None)[0] == b"\x00 not json"
